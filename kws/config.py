@@ -1,0 +1,226 @@
+"""Frozen dataclass configurations (torch-free).
+
+Every config is saved in the checkpoint (and the feature/model configs in the ONNX metadata) so that a model
+can be rebuilt from the file alone, and reloaded with :func:`from_dict`, which rejects unknown fields.
+"""
+
+from __future__ import annotations
+
+from kws.errors import KWSError
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from kws.constants import CLIP_SECONDS, SAMPLE_RATE
+
+T = TypeVar("T")
+
+
+class ConfigError(KWSError, ValueError):
+    """A configuration value is invalid (reported to the user as a one-line error)."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """MFCC front end, computed frame by frame (no clip-level statistics).
+
+    Frame ``t`` covers samples ``[t * hop_samples, t * hop_samples + n_fft)``: no centre padding, so a stream
+    can compute exactly the same frames as a whole clip.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    window_ms: float = 30.0
+    hop_ms: float = 20.0
+    n_mels: int = 40
+    n_mfcc: int = 40
+    f_min: float = 20.0
+    f_max: float = 7600.0
+    clip_seconds: float = CLIP_SECONDS
+
+    def __post_init__(self) -> None:
+        _check(self.sample_rate > 0, f"sample_rate must be positive, got {self.sample_rate}")
+        _check(0 < self.hop_ms <= self.window_ms, "need 0 < hop_ms <= window_ms")
+        _check(0 < self.n_mfcc <= self.n_mels, "need 0 < n_mfcc <= n_mels")
+        _check(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "need 0 <= f_min < f_max <= sample_rate/2")
+        _check(self.clip_seconds * 1000 >= self.window_ms, "the clip must hold at least one window")
+
+    @property
+    def window_samples(self) -> int:
+        """Length of the analysis window (samples)."""
+        return round(self.sample_rate * self.window_ms / 1000)
+
+    @property
+    def hop_samples(self) -> int:
+        """Distance between frames (samples)."""
+        return round(self.sample_rate * self.hop_ms / 1000)
+
+    @property
+    def n_fft(self) -> int:
+        """FFT size: the next power of two >= the window (radix-2 FFTs are fastest on every runtime)."""
+        return 1 << (self.window_samples - 1).bit_length()
+
+    @property
+    def clip_samples(self) -> int:
+        return round(self.sample_rate * self.clip_seconds)
+
+    @property
+    def context_samples(self) -> int:
+        """Samples of overlap a streaming step needs besides its new hops (``n_fft - hop``)."""
+        return self.n_fft - self.hop_samples
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames computed from ``num_samples`` samples (0 if shorter than one FFT frame)."""
+        if num_samples < self.n_fft:
+            return 0
+        return 1 + (num_samples - self.n_fft) // self.hop_samples
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Stacked LSTM over MFCC frames with a linear classifier on the last frame's output."""
+
+    n_inputs: int = 40
+    n_labels: int = 12
+    hidden_size: int = 128
+    num_layers: int = 2
+    proj_size: int = 0
+    dropout: float = 0.2
+    input_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.n_inputs > 0 and self.n_labels >= 2, "need n_inputs > 0 and n_labels >= 2")
+        _check(self.hidden_size > 0 and self.num_layers >= 1, "need hidden_size > 0 and num_layers >= 1")
+        _check(0 <= self.proj_size < self.hidden_size, "need 0 <= proj_size < hidden_size")
+        _check(0 <= self.dropout < 1 and 0 <= self.input_dropout < 1, "dropouts must be in [0, 1)")
+
+    @property
+    def output_size(self) -> int:
+        """Size of the hidden state h (the LSTM output): ``proj_size`` if set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which clips are used and how they are labelled and split."""
+
+    roots: tuple[str, ...] = ()
+    labels: str = "standard"  # "standard" (12 classes), "all" (every word) or comma-separated keywords
+    unknown_ratio: float = 1.0  # _unknown_ clips per keyword clip class, relative to the mean class size
+    silence_ratio: float = 1.0  # _silence_ clips, relative to the mean keyword class size
+    validation_percent: float = 10.0
+    testing_percent: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check(self.unknown_ratio >= 0 and self.silence_ratio >= 0, "ratios must be >= 0")
+        _check(
+            0 <= self.validation_percent and 0 <= self.testing_percent
+            and self.validation_percent + self.testing_percent < 100,
+            "validation_percent + testing_percent must be < 100",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly, seeded waveform and feature augmentation (training split only)."""
+
+    time_shift_ms: float = 100.0
+    noise_prob: float = 0.8
+    snr_db_min: float = 0.0
+    snr_db_max: float = 20.0
+    gain_db: float = 6.0
+    speed_min: float = 0.9
+    speed_max: float = 1.1
+    speed_prob: float = 0.5
+    context_prob: float = 0.3  # prepend up to context_seconds of noise/unknown speech (streaming robustness)
+    context_seconds: float = 0.8
+    time_masks: int = 2
+    time_mask_frames: int = 5
+    freq_masks: int = 2
+    freq_mask_bins: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("noise_prob", "speed_prob", "context_prob"):
+            _check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1]")
+        _check(self.snr_db_min <= self.snr_db_max, "need snr_db_min <= snr_db_max")
+        _check(0 < self.speed_min <= self.speed_max, "need 0 < speed_min <= speed_max")
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all."""
+        return cls(
+            time_shift_ms=0.0, noise_prob=0.0, gain_db=0.0, speed_prob=0.0, context_prob=0.0,
+            time_masks=0, freq_masks=0,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.05
+    grad_clip: float = 5.0
+    seed: int = 0
+    max_minutes: float = 0.0  # stop after this many minutes (0: no limit); the schedule is set by epochs
+    max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1 and self.batch_size >= 1, "need epochs >= 1 and batch_size >= 1")
+        _check(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run was made from; saved whole in every checkpoint."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-serialisable dict of a (nested) config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass from :func:`to_dict` output; unknown keys are an error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        nested = _CONFIG_TYPES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if nested is not None:
+            value = from_dict(nested, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+_CONFIG_TYPES: dict[str, type] = {
+    c.__name__: c for c in (FeatureConfig, ModelConfig, DataConfig, AugmentConfig, TrainConfig, RunConfig)
+}

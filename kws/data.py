@@ -1,0 +1,295 @@
+"""Speech Commands discovery, labelling and speaker-disjoint splits (torch-free).
+
+Two official layouts are read, alone or several roots combined:
+
+* **full dataset** (v0.01: 30 words, v0.02: 35 words): ``ROOT/WORD/SPEAKER_nohash_N.wav``, optional
+  ``ROOT/_background_noise_/*.wav`` and the official ``validation_list.txt`` / ``testing_list.txt``;
+* **12-class test archive**: ``ROOT/KEYWORD/SPEAKER_nohash_N.wav``, ``ROOT/_unknown_/WORD_SPEAKER_nohash_N.wav``
+  and ``ROOT/_silence_/*.wav`` (1 s noise clips).
+
+Splits follow the dataset's own rule (``which_set`` in TensorFlow's ``speech_commands/input_data.py``): the
+SHA-1 of the speaker part of the file name decides, so one speaker's clips always share a split. The test
+archive holds only official *test* speakers, so when it is used the rule is applied with a salt
+(``split="speaker-hash"``) to every root alike, which keeps the splits speaker-disjoint across roots.
+"""
+
+from __future__ import annotations
+
+from kws.errors import KWSError
+
+import hashlib
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from kws.config import DataConfig
+from kws.constants import (
+    AUDIO_EXTENSIONS,
+    BACKGROUND_NOISE_DIR,
+    MAX_CLIPS_PER_SPEAKER_BITS,
+    SILENCE_LABEL,
+    STANDARD_KEYWORDS,
+    TESTING_LIST,
+    UNKNOWN_LABEL,
+    VALIDATION_LIST,
+)
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SALT = "kws-speaker-split"
+"""Salt of the re-split used when a 12-class test archive is among the roots."""
+
+
+class DataError(KWSError, ValueError):
+    """The data folders cannot be used (reported to the user as a one-line error)."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One utterance file.
+
+    Attributes:
+        path: the audio file.
+        word: the spoken word (``_silence_`` for the archive's noise clips).
+        speaker: the speaker id (the file name for clips without one).
+        split: ``train``, ``validation`` or ``test``.
+    """
+
+    path: Path
+    word: str
+    speaker: str
+    split: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Every clip and background-noise file found under one or more roots."""
+
+    clips: tuple[Clip, ...]
+    noise_files: tuple[Path, ...]
+    layouts: tuple[str, ...]
+
+    @property
+    def words(self) -> list[str]:
+        return sorted({c.word for c in self.clips})
+
+
+def which_set(filename: str, validation_percent: float, testing_percent: float, salt: str = "") -> str:
+    """The official Speech Commands split rule.
+
+    The part of the name before ``_nohash_`` (the speaker) is hashed with SHA-1, so every clip of a speaker
+    lands in the same split.
+
+    Args:
+        filename: a clip's file name (a path is fine: only the base name is used).
+        validation_percent, testing_percent: split sizes in percent.
+        salt: prefix of the hashed text; empty for the official rule.
+    """
+    base = Path(filename).name
+    hash_name = re.sub(r"_nohash_.*$", "", base)
+    digest = hashlib.sha1((salt + hash_name).encode("utf-8")).hexdigest()
+    percentage = (int(digest, 16) % (MAX_CLIPS_PER_SPEAKER_BITS + 1)) * (100.0 / MAX_CLIPS_PER_SPEAKER_BITS)
+    if percentage < validation_percent:
+        return "validation"
+    if percentage < testing_percent + validation_percent:
+        return "test"
+    return "train"
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def _speaker_of(name: str) -> str:
+    """``SPEAKER_nohash_N.wav`` -> SPEAKER (the file stem when there is no ``_nohash_``)."""
+    stem = Path(name).stem
+    return stem.split("_nohash_")[0] if "_nohash_" in stem else stem
+
+
+def detect_layout(root: Path) -> str:
+    """``"archive"`` (12-class test archive) or ``"full"`` (full dataset); raises DataError otherwise."""
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder")
+    subdirs = [d for d in root.iterdir() if d.is_dir()]
+    if (root / UNKNOWN_LABEL).is_dir() or (root / SILENCE_LABEL).is_dir():
+        return "archive"
+    has_clips = any(
+        "_nohash_" in p.name for d in subdirs if d.name != BACKGROUND_NOISE_DIR for p in _audio_files(d)
+    )
+    if has_clips:
+        return "full"
+    if not subdirs and not any(root.iterdir()):
+        raise DataError(f"data folder {root} is empty")
+    raise DataError(
+        f"{root} is not a Speech Commands folder (expected WORD/SPEAKER_nohash_N.wav files, "
+        f"or the test archive's {UNKNOWN_LABEL}/ and {SILENCE_LABEL}/ folders)"
+    )
+
+
+def _read_list(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def scan_root(root: Path, config: DataConfig, split_mode: str) -> tuple[list[Clip], list[Path], str]:
+    """Find the clips and noise files of one root and assign each clip its split.
+
+    Args:
+        split_mode: ``"official"`` (the split lists where present, else the unsalted hash) or
+            ``"speaker-hash"`` (the salted hash everywhere).
+    """
+    layout = detect_layout(root)
+    salt = SPLIT_SALT if split_mode == "speaker-hash" else ""
+    use_lists = split_mode == "official"
+    validation = _read_list(root / VALIDATION_LIST) if use_lists else set()
+    testing = _read_list(root / TESTING_LIST) if use_lists else set()
+    has_lists = bool(validation or testing)
+    clips: list[Clip] = []
+    noise: list[Path] = []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir()):
+        files = _audio_files(folder)
+        if folder.name == BACKGROUND_NOISE_DIR:
+            noise.extend(files)
+            continue
+        for path in files:
+            if folder.name == UNKNOWN_LABEL:  # archive: WORD_SPEAKER_nohash_N.wav
+                word, _, rest = path.name.partition("_")
+                speaker, split_name = _speaker_of(rest), rest
+            else:
+                word, speaker, split_name = folder.name, _speaker_of(path.name), path.name
+            if has_lists:
+                rel = f"{folder.name}/{path.name}"
+                split = "validation" if rel in validation else "test" if rel in testing else "train"
+            else:
+                split = which_set(split_name, config.validation_percent, config.testing_percent, salt)
+            clips.append(Clip(path=path, word=word, speaker=speaker, split=split))
+    if not clips:
+        raise DataError(f"no audio clips found in {root}")
+    return clips, noise, layout
+
+
+def load_corpus(config: DataConfig, split: str = "auto") -> Corpus:
+    """Scan every root of ``config``.
+
+    Args:
+        split: ``"auto"`` (``speaker-hash`` when a test archive is among the roots, else ``official``),
+            ``"official"`` or ``"speaker-hash"``.
+    """
+    if not config.roots:
+        raise DataError("no data folder given (use --data PATH; `kws download` fetches Speech Commands)")
+    roots = [Path(r).expanduser() for r in config.roots]
+    layouts = [detect_layout(r) for r in roots]
+    if split == "auto":
+        split = "speaker-hash" if "archive" in layouts else "official"
+    if split not in ("official", "speaker-hash"):
+        raise DataError(f"unknown split mode {split!r} (use auto, official or speaker-hash)")
+    clips: list[Clip] = []
+    noise: list[Path] = []
+    for root in roots:
+        root_clips, root_noise, _ = scan_root(root, config, split)
+        clips.extend(root_clips)
+        noise.extend(root_noise)
+    return Corpus(clips=tuple(clips), noise_files=tuple(noise), layouts=tuple(layouts))
+
+
+def resolve_labels(spec: str, words: list[str]) -> list[str]:
+    """Label list of a run: ``_silence_``, ``_unknown_``, then the keywords.
+
+    Args:
+        spec: ``"standard"`` (the 10 standard keywords), ``"all"`` (every word found) or a comma-separated
+            keyword list.
+        words: the words present in the data.
+    """
+    present = set(words) - {SILENCE_LABEL, UNKNOWN_LABEL}
+    if spec == "standard":
+        keywords = list(STANDARD_KEYWORDS)
+    elif spec == "all":
+        keywords = sorted(present)
+    else:
+        keywords = [w.strip() for w in spec.split(",") if w.strip()]
+        if not keywords:
+            raise DataError("empty keyword list")
+        if len(set(keywords)) != len(keywords):
+            raise DataError(f"duplicate keywords in {spec!r}")
+    missing = [k for k in keywords if k not in present]
+    if missing:
+        raise DataError(f"unknown label(s) {', '.join(missing)}: not found in the data (words found: "
+                        f"{', '.join(sorted(present)) or 'none'})")  # fmt: skip
+    return [SILENCE_LABEL, UNKNOWN_LABEL, *keywords]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example of a split: a clip file, or (``path`` is None) a 1 s slice of background noise."""
+
+    label: int
+    path: Path | None
+    speaker: str
+    noise_index: int = -1
+    noise_offset: float = 0.0  # fraction of the noise file at which the slice starts
+    noise_gain: float = 1.0
+
+
+def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfig, seed: int) -> list[Example]:
+    """The labelled examples of one split, with ``_unknown_`` and ``_silence_`` brought to their ratios.
+
+    ``_unknown_`` clips are sampled down to ``unknown_ratio`` times the mean keyword class size; ``_silence_``
+    is topped up to ``silence_ratio`` times that size with slices of the background-noise files.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    rng = random.Random(f"{seed}:{split}")
+    keyword_examples: list[Example] = []
+    unknown: list[Example] = []
+    silence: list[Example] = []
+    for clip in corpus.clips:
+        if clip.split != split:
+            continue
+        if clip.word == SILENCE_LABEL:
+            silence.append(Example(index[SILENCE_LABEL], clip.path, clip.speaker))
+        elif clip.word in index:
+            keyword_examples.append(Example(index[clip.word], clip.path, clip.speaker))
+        else:
+            unknown.append(Example(index[UNKNOWN_LABEL], clip.path, clip.speaker))
+    n_keywords = len(labels) - 2
+    mean_size = len(keyword_examples) / max(n_keywords, 1)
+    n_unknown = round(config.unknown_ratio * mean_size)
+    if len(unknown) > n_unknown:
+        unknown = rng.sample(unknown, n_unknown)
+    n_silence = round(config.silence_ratio * mean_size)
+    if len(silence) > n_silence:
+        silence = rng.sample(silence, n_silence)
+    elif corpus.noise_files:
+        for _ in range(n_silence - len(silence)):
+            silence.append(
+                Example(
+                    index[SILENCE_LABEL], None, "noise",
+                    noise_index=rng.randrange(len(corpus.noise_files)),
+                    noise_offset=rng.random(),
+                    noise_gain=rng.uniform(0.0, 1.0),
+                )
+            )  # fmt: skip
+    examples = keyword_examples + unknown + silence
+    examples.sort(key=lambda e: (e.label, str(e.path), e.noise_index, e.noise_offset))
+    return examples
+
+
+def split_summary(examples: list[Example], labels: list[str]) -> dict[str, object]:
+    """Clips per class and speaker count of a split (for reports)."""
+    counts = Counter(labels[e.label] for e in examples)
+    return {
+        "clips": len(examples),
+        "speakers": len({e.speaker for e in examples if labels[e.label] != SILENCE_LABEL}),
+        "per_class": {label: counts.get(label, 0) for label in labels},
+    }
+
+
+def unknown_speech_clips(corpus: Corpus, labels: list[str], split: str) -> list[Path]:
+    """Non-keyword speech clips of ``split`` (used as prepended context during training)."""
+    keywords = set(labels)
+    return [c.path for c in corpus.clips if c.split == split and c.word not in keywords]

@@ -1,0 +1,1 @@
+"""Torch-free onnxruntime keyword-spotting runtime (installed as ``kws.runtime``)."""
