@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# System packages the test suite needs on a Debian bookworm CI machine (run as root).
+#   - virtual microphone (tests/test_microphone.py, scripts/virtual_mic.sh):
+#       pulseaudio pulseaudio-utils  the sound server + pactl/paplay/pacat
+#       libasound2-plugins           ALSA "default" -> PulseAudio, so PortAudio (sounddevice) reaches it
+#       libportaudio2                what the sounddevice wheel loads
+#   - Raspberry Pi (aarch64) emulation (tests/test_pi.py, scripts/pi_root.sh):
+#       qemu-user-static debootstrap
+#   - libsndfile1: soundfile's system fallback on x86 (its wheel bundles one; harmless to have)
+# Idempotent: installs nothing (and skips `apt-get update`) when every package is already there.
+set -euo pipefail
+
+PACKAGES=(pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 qemu-user-static debootstrap libsndfile1)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-system: all ${#PACKAGES[@]} packages already installed"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+start=$SECONDS
+echo "install-system: installing ${missing[*]}"
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-system: done in $((SECONDS - start)) s"
