@@ -1,0 +1,156 @@
+"""Named defaults and the frozen configuration of the streaming keyword spotter (torch-free).
+
+Times are given in milliseconds and converted to whole model hops (frames) once the model is known, so the
+same configuration works for any hop size. The state re-synchronisation scheme (``lanes``,
+``reset_period_ms``) is described in :mod:`kws.runtime.engine`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kws.config import ConfigError
+from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
+
+PRETRAINED_MODEL_NAME = "kws.stream.int8.onnx"
+"""File name of the model shipped inside the package (``kws/pretrained/``), the default of ``kws listen``."""
+
+NON_KEYWORD_LABELS: tuple[str, ...] = (SILENCE_LABEL, UNKNOWN_LABEL)
+"""Labels that are scored by the model but never reported as detections."""
+
+DEFAULT_THREADS = 1
+"""onnxruntime intra-op threads: one core is plenty for a streaming model and keeps other cores free."""
+
+DEFAULT_CHUNK_MS = 100.0
+"""Audio per model call (rounded to whole hops: 5 hops of 20 ms). Larger chunks amortise the per-call
+overhead; the detection latency grows by the same amount."""
+
+DEFAULT_LANES = 2
+"""Independent LSTM states run over the same audio, reset in turn (staggered re-synchronisation)."""
+
+DEFAULT_RESET_PERIOD_MS = 2000.0
+"""Each lane is reset to the zero state this often. With 2 lanes the lane that is read has between half a
+period and a whole period of context: 1-2 s, enough for any 1 s word."""
+
+DEFAULT_SMOOTHING_MS = 200.0
+"""Moving-average window over the per-frame posteriors (TensorFlow recognize_commands: average window)."""
+
+DEFAULT_THRESHOLD = 0.7
+"""Smoothed posterior a keyword must reach to be reported (per-keyword values override it)."""
+
+DEFAULT_REFRACTORY_MS = 1000.0
+"""After a detection no keyword is reported for this long (recognize_commands: suppression)."""
+
+
+@dataclass(frozen=True)
+class SpotterConfig:
+    """How audio is fed to the streaming model and how its per-frame posteriors become detections.
+
+    Attributes:
+        chunk_ms: audio per model call (rounded to whole hops, at least one).
+        lanes: number of LSTM states run side by side (1: a single state, never reset if
+            ``reset_period_ms`` is 0).
+        reset_period_ms: each lane is reset to zero state once per period; 0 disables resets (1 lane only).
+        smoothing_ms: moving-average window of the posteriors (at least one frame).
+        threshold: default detection threshold on the smoothed posterior, in (0, 1].
+        thresholds: per-keyword thresholds overriding ``threshold``; a mapping or ``(keyword, value)`` pairs,
+            stored as a sorted tuple of pairs.
+        refractory_ms: dead time after a detection during which nothing is reported.
+    """
+
+    chunk_ms: float = DEFAULT_CHUNK_MS
+    lanes: int = DEFAULT_LANES
+    reset_period_ms: float = DEFAULT_RESET_PERIOD_MS
+    smoothing_ms: float = DEFAULT_SMOOTHING_MS
+    threshold: float = DEFAULT_THRESHOLD
+    thresholds: tuple[tuple[str, float], ...] = field(default=())
+    refractory_ms: float = DEFAULT_REFRACTORY_MS
+
+    def __post_init__(self) -> None:
+        pairs = self.thresholds.items() if isinstance(self.thresholds, Mapping) else self.thresholds
+        object.__setattr__(self, "thresholds", tuple(sorted((str(k), float(v)) for k, v in pairs)))
+        _check(self.chunk_ms > 0, f"chunk_ms must be positive, got {self.chunk_ms}")
+        _check(self.lanes >= 1, f"lanes must be >= 1, got {self.lanes}")
+        _check(self.reset_period_ms >= 0, f"reset_period_ms must be >= 0, got {self.reset_period_ms}")
+        _check(
+            self.reset_period_ms > 0 or self.lanes == 1,
+            "more than one lane needs a reset period > 0 (lanes only help with periodic resets)",
+        )
+        _check(self.smoothing_ms >= 0, f"smoothing_ms must be >= 0, got {self.smoothing_ms}")
+        _check(self.refractory_ms >= 0, f"refractory_ms must be >= 0, got {self.refractory_ms}")
+        for name, value in (("default", self.threshold), *self.thresholds):
+            _check(0 < value <= 1, f"threshold for {name} must be in (0, 1], got {value}")
+        names = [k for k, _ in self.thresholds]
+        _check(len(set(names)) == len(names), f"a keyword has two thresholds: {names}")
+
+    def threshold_for(self, keyword: str) -> float:
+        """The detection threshold of ``keyword``."""
+        return dict(self.thresholds).get(keyword, self.threshold)
+
+
+def frames_for(ms: float, hop_ms: float, minimum: int = 0) -> int:
+    """A duration in ms as a whole number of hops (rounded, at least ``minimum``)."""
+    return max(minimum, round(ms / hop_ms))
+
+
+def lane_schedule(lanes: int, period_frames: int, chunk_frames: int) -> tuple[int, tuple[int, ...]]:
+    """Reset period and per-lane first-reset offsets, all multiples of ``chunk_frames`` (frames).
+
+    Resets only happen at chunk boundaries, so the period is rounded up to a whole number of chunks and the
+    lanes are spread as evenly as the chunk grid allows (lane ``i`` starts ``i * period / lanes`` later).
+
+    Raises:
+        ConfigError: the period is too short to give every lane its own offset.
+    """
+    period = chunk_frames * math.ceil(period_frames / chunk_frames)
+    offsets = tuple(chunk_frames * round(i * period / (lanes * chunk_frames)) for i in range(lanes))
+    _check(period > 0 and len(set(offsets)) == lanes,
+           f"a reset period of {period_frames} frames is too short for {lanes} lanes and chunks of "
+           f"{chunk_frames} frames")  # fmt: skip
+    return period, offsets
+
+
+def min_read_context(period: int, offsets: Iterable[int], chunk_frames: int) -> int:
+    """Fewest frames of context the read lane (the one reset longest ago) ever has, once every lane has
+    been reset at least once (before that, every lane has seen the whole stream)."""
+    offsets = tuple(offsets)
+    if len(offsets) == 1:
+        return 1
+    worst = period
+    for start in range(0, period, chunk_frames):
+        ages = [(start - o) % period for o in offsets]
+        worst = min(worst, max(ages) + 1)  # +1: the chunk's first frame is already in the lane's context
+    return worst
+
+
+def parse_thresholds(values: Iterable[str]) -> tuple[float | None, dict[str, float]]:
+    """Parse ``--threshold`` values: ``0.8`` (the default) or ``yes=0.9`` (one keyword).
+
+    Returns:
+        (default threshold or None if not given, per-keyword thresholds).
+
+    Raises:
+        ConfigError: a value is not a number.
+    """
+    default: float | None = None
+    per_keyword: dict[str, float] = {}
+    for raw in values:
+        name, sep, number = raw.rpartition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            raise ConfigError(f"--threshold {raw!r}: expected VALUE or KEYWORD=VALUE (e.g. 0.8 or yes=0.9)") \
+                from None
+        if sep:
+            _check(bool(name), f"--threshold {raw!r}: missing keyword before '='")
+            per_keyword[name] = value
+        else:
+            default = value
+    return default, per_keyword
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

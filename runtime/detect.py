@@ -1,0 +1,263 @@
+"""From per-frame posteriors to keyword detections (the ideas of TensorFlow's recognize_commands.py).
+
+1. Smoothing: a moving average of each class posterior over ``smoothing_ms`` (fewer frames at the start).
+2. Threshold: a keyword is a candidate when its smoothed posterior reaches its threshold; ``_silence_`` and
+   ``_unknown_`` are never reported. The candidate with the highest score wins.
+3. Refractory time: after a detection nothing is reported for ``refractory_ms`` (one utterance, one
+   detection), and a keyword that was above its threshold while it could not be reported (it was just
+   reported, or it was suppressed) must fall below its threshold again before it can be reported. A long
+   plateau, or a confusable second keyword riding on the same utterance, therefore gives no second detection.
+
+Both stages keep their own small state and give the same result whatever the block sizes, so a recorded
+score trace (:class:`ScoreTrace`) re-evaluated with :func:`detections_from_scores` gives exactly the
+detections of the live run, which makes threshold sweeps cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, SpotterConfig, frames_for
+from kws.runtime.engine import StreamEngine
+from kws.runtime.model import ModelInfo, StreamingModel, load_model
+
+from kws.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One reported keyword.
+
+    Attributes:
+        time: end of the frame that triggered it, in seconds from the start of the stream.
+        keyword: the label.
+        confidence: its smoothed posterior at that frame, in [0, 1].
+        frame: index of that frame in the stream.
+    """
+
+    time: float
+    keyword: str
+    confidence: float
+    frame: int
+
+    def to_dict(self) -> dict[str, float | str | int]:
+        return asdict(self)
+
+
+class Smoother:
+    """Streaming moving average over the last ``window`` frames (fewer at the start of the stream)."""
+
+    def __init__(self, window: int, n_labels: int) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1 frame, got {window}")
+        self.window = window
+        self.n_labels = n_labels
+        self.reset()
+
+    def reset(self) -> None:
+        self._history = np.zeros((self.window - 1, self.n_labels), dtype=np.float32)
+        self._seen = 0
+
+    def process(self, scores: np.ndarray) -> np.ndarray:
+        """``[k, n_labels]`` posteriors -> ``[k, n_labels]`` averages (float32)."""
+        k = len(scores)
+        if self.window == 1 or k == 0:
+            self._seen += k
+            return np.asarray(scores, dtype=np.float32)
+        extended = np.concatenate((self._history, scores.astype(np.float32, copy=False)))
+        cumulative = np.cumsum(extended, axis=0, dtype=np.float64)
+        sums = cumulative[self.window - 1 :].copy()
+        sums[1:] -= cumulative[: k - 1]
+        counts = np.minimum(np.arange(self._seen + 1, self._seen + k + 1), self.window)
+        self._history = extended[k:].copy()
+        self._seen += k
+        return (sums / counts[:, None]).astype(np.float32)
+
+
+class Decider:
+    """Thresholds, winner selection and refractory time over smoothed posteriors.
+
+    Args:
+        thresholds: per label ``[n_labels]``; ``inf`` for labels never reported.
+        refractory_frames: frames after a detection during which nothing is reported.
+    """
+
+    def __init__(self, thresholds: np.ndarray, refractory_frames: int) -> None:
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)
+        self.refractory_frames = refractory_frames
+        self.reset()
+
+    def reset(self) -> None:
+        self._armed = np.ones(len(self.thresholds), dtype=bool)
+        self._last: int | None = None
+
+    def process(self, first_frame: int, smoothed: np.ndarray) -> list[tuple[int, int, float]]:
+        """Smoothed ``[k, n_labels]`` of frames ``first_frame...`` -> ``(frame, label index, score)`` hits."""
+        above = smoothed >= self.thresholds
+        active = np.flatnonzero(above.any(axis=1))
+        hits: list[tuple[int, int, float]] = []
+        previous = -1
+        for i in active:  # usually empty: the per-frame loop only runs while something is above threshold
+            if i > previous + 1:
+                self._armed[:] = True  # a frame with everything below threshold re-arms every keyword
+            row = above[i]
+            self._armed |= ~row
+            frame = first_frame + int(i)
+            free = self._last is None or frame - self._last >= self.refractory_frames
+            candidates = row & self._armed
+            if free and candidates.any():
+                best = int(np.argmax(np.where(candidates, smoothed[i], -np.inf)))
+                hits.append((frame, best, float(smoothed[i, best])))
+                self._last = frame
+            self._armed &= ~row  # reported or suppressed: must fall below threshold before the next report
+            previous = int(i)
+        if previous < len(smoothed) - 1:
+            self._armed[:] = True
+        return hits
+
+
+@dataclass(frozen=True)
+class ScoreTrace:
+    """Per-frame posteriors of a whole stream, for threshold sweeps without re-running the model.
+
+    Attributes:
+        labels: class names (score columns).
+        times: end of each frame in seconds from the stream start, ``[frames]``.
+        raw: the read lane's posteriors, ``[frames, n_labels]``.
+        smoothed: ``raw`` after the moving average of ``config.smoothing_ms``.
+        config: the configuration the trace was recorded with.
+        hop_ms: model hop (ms).
+    """
+
+    labels: tuple[str, ...]
+    times: np.ndarray
+    raw: np.ndarray
+    smoothed: np.ndarray
+    config: SpotterConfig
+    hop_ms: float
+
+
+def threshold_vector(labels: tuple[str, ...], config: SpotterConfig) -> np.ndarray:
+    """Per-label thresholds (``inf`` for ``_silence_``/``_unknown_``).
+
+    Raises:
+        ConfigError: a per-keyword threshold names a label that is not a keyword of the model.
+    """
+    keywords = [x for x in labels if x not in NON_KEYWORD_LABELS]
+    unknown = [k for k, _ in config.thresholds if k not in keywords]
+    if unknown:
+        raise ConfigError(f"threshold for {', '.join(map(repr, unknown))}: not a keyword of this model "
+                          f"(keywords: {', '.join(keywords)})")  # fmt: skip
+    return np.array([np.inf if x in NON_KEYWORD_LABELS else config.threshold_for(x) for x in labels],
+                    dtype=np.float32)  # fmt: skip
+
+
+def detections_from_scores(trace: ScoreTrace, config: SpotterConfig | None = None) -> list[Detection]:
+    """The detections a live run with ``config`` (default: the trace's own) would have reported.
+
+    Only the detection settings of ``config`` are used (thresholds, smoothing, refractory time); chunking
+    and lanes are those of the recorded run. Re-smooths ``trace.raw`` if ``smoothing_ms`` changed.
+    """
+    config = config or trace.config
+    window = frames_for(config.smoothing_ms, trace.hop_ms, 1)
+    if window == frames_for(trace.config.smoothing_ms, trace.hop_ms, 1):
+        smoothed = trace.smoothed
+    else:
+        smoothed = Smoother(window, len(trace.labels)).process(trace.raw)
+    decider = Decider(threshold_vector(trace.labels, config), frames_for(config.refractory_ms, trace.hop_ms))
+    return [
+        Detection(time=float(trace.times[f]), keyword=trace.labels[j], confidence=score, frame=f)
+        for f, j, score in decider.process(0, smoothed)
+    ]
+
+
+class KeywordSpotter:
+    """The streaming detector: ``process(chunk) -> detections``.
+
+    Args:
+        model: a loaded :class:`StreamingModel`, a path to a streaming ONNX file, or None (shipped model).
+        config: streaming and detection settings (default :class:`SpotterConfig`).
+        threads: onnxruntime intra-op threads when ``model`` is a path.
+        record_scores: keep every frame's posteriors for :meth:`trace` (offline analysis only: grows with
+            the stream).
+
+    Raises:
+        ModelError, ConfigError: bad model or settings (e.g. a threshold for a label the model lacks).
+    """
+
+    def __init__(
+        self, model: StreamingModel | str | Path | None = None, config: SpotterConfig | None = None, *,
+        threads: int = DEFAULT_THREADS, record_scores: bool = False,
+    ) -> None:  # fmt: skip
+        self.model = load_model(model, threads)
+        self.config = config if config is not None else SpotterConfig()
+        info = self.model.info
+        self.labels = info.labels
+        self.keywords = info.keywords
+        self.engine = StreamEngine(self.model, self.config)
+        self.smoother = Smoother(frames_for(self.config.smoothing_ms, info.hop_ms, 1), len(self.labels))
+        self.decider = Decider(threshold_vector(self.labels, self.config),
+                               frames_for(self.config.refractory_ms, info.hop_ms))  # fmt: skip
+        self.record_scores = record_scores
+        self._recorded: list[tuple[np.ndarray, np.ndarray]] = []
+        self.detections = 0
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the audio :meth:`process` expects (Hz)."""
+        return self.model.info.sample_rate
+
+    @property
+    def audio_seconds(self) -> float:
+        """Audio consumed so far (s)."""
+        return self.engine.samples / self.sample_rate
+
+    def frame_time(self, frame: int | np.ndarray) -> float | np.ndarray:
+        """End of frame ``frame`` (an index or an array of them) in seconds from the stream start."""
+        info = self.model.info
+        return (frame * info.hop_samples + info.window_samples) / info.sample_rate
+
+    def process(self, chunk: np.ndarray) -> list[Detection]:
+        """Consume mono int16 PCM or float32 samples at :attr:`sample_rate`; return the new detections."""
+        return self._decide(self.engine.process(chunk))
+
+    def flush(self) -> list[Detection]:
+        """End of stream: compute the frames of the whole hops still buffered."""
+        return self._decide(self.engine.flush())
+
+    def reset(self) -> None:
+        """Forget everything: the next chunk starts a new stream."""
+        self.engine.reset()
+        self.smoother.reset()
+        self.decider.reset()
+        self._recorded.clear()
+        self.detections = 0
+
+    def trace(self) -> ScoreTrace:
+        """The recorded posteriors (needs ``record_scores=True``)."""
+        if not self.record_scores:
+            raise RuntimeError("KeywordSpotter(record_scores=True) is needed for trace()")
+        empty = np.zeros((0, len(self.labels)), np.float32)
+        raw = np.concatenate([empty, *(r for r, _ in self._recorded)])
+        smoothed = np.concatenate([empty, *(s for _, s in self._recorded)])
+        times = self.frame_time(np.arange(len(raw)))
+        return ScoreTrace(labels=self.labels, times=times, raw=raw, smoothed=smoothed, config=self.config,
+                          hop_ms=self.model.info.hop_ms)  # fmt: skip
+
+    def _decide(self, blocks: list[tuple[int, np.ndarray]]) -> list[Detection]:
+        detections: list[Detection] = []
+        for first, scores in blocks:
+            smoothed = self.smoother.process(scores)
+            if self.record_scores:
+                self._recorded.append((scores.copy(), smoothed))
+            for frame, label, score in self.decider.process(first, smoothed):
+                detections.append(Detection(time=self.frame_time(frame), keyword=self.labels[label],
+                                            confidence=score, frame=frame))  # fmt: skip
+        self.detections += len(detections)
+        return detections

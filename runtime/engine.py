@@ -1,0 +1,171 @@
+"""Streaming inference: audio chunks in, per-frame posteriors out, with the LSTM state carried between calls.
+
+Buffering (openWakeWord-style fixed buffers): the engine owns one preallocated float32 buffer of
+``context + chunk_frames * hop`` samples. Incoming int16 or float32 chunks of any length are copied into it;
+each time it is full the model computes the ``chunk_frames`` new frames in one call, and the last
+``context = window - hop`` samples move to the front for the next call (frame ``t`` covers samples
+``[t * hop, t * hop + window)`` of the stream, exactly as in training).
+
+State re-synchronisation over unbounded input: an LSTM run for hours from one zero state drifts into states
+it never saw in training (it was trained on 1-2 s clips starting from zero state). The model therefore runs
+``lanes`` independent states over the same audio (the ``lanes`` dimension of its state inputs; features are
+computed once). Lane ``i`` is reset to the zero state every ``period`` frames, first at ``offset_i = i *
+period / lanes`` (staggered), and the posteriors of each frame are read from the lane reset longest ago. With
+2 lanes and a 2 s period the read lane always has between 1 s and 2 s of context, so a word of up to 1 s is
+entirely inside it, and no lane ever runs longer than 2 s from zero state. Resets happen only at chunk
+boundaries: the period and the offsets are multiples of the chunk (see
+:func:`kws.runtime.config.lane_schedule`), which also means the read lane is the same for every frame of a
+call, so the scores are one slice of the model output (no per-frame Python work). With ``reset_period_ms=0``
+(1 lane) the state is carried forever.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+
+import numpy as np
+from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
+from kws.runtime.model import StreamingModel
+
+logger = logging.getLogger(__name__)
+
+INT16_SCALE = np.float32(1.0 / 32768.0)
+"""int16 PCM -> float in [-1, 1) (as :func:`kws.audio.int16_to_float`)."""
+
+
+class StreamEngine:
+    """Feeds a stream to a :class:`StreamingModel` and returns the read lane's posteriors, frame by frame.
+
+    Args:
+        model: the loaded streaming model.
+        config: chunk size, lanes and reset period (the detection fields are ignored here).
+
+    Attributes:
+        chunk_frames: frames (hops) computed per model call.
+        period_frames: lane reset period in frames (0: never reset).
+        offsets: frame of each lane's first reset.
+        min_context_frames: fewest frames of context the read lane has once the lanes are staggered.
+        frames: frames computed so far; ``samples``: samples consumed so far (model rate).
+        model_calls, model_seconds: calls to onnxruntime and the wall time spent in them.
+    """
+
+    def __init__(self, model: StreamingModel, config: SpotterConfig) -> None:
+        info = model.info
+        self.model = model
+        self.hop = info.hop_samples
+        self.window = info.window_samples
+        self.context = info.context_samples
+        self.chunk_frames = frames_for(config.chunk_ms, info.hop_ms, minimum=1)
+        self.lanes = config.lanes
+        if config.reset_period_ms > 0:
+            period = frames_for(config.reset_period_ms, info.hop_ms, minimum=1)
+            self.period_frames, self.offsets = lane_schedule(self.lanes, period, self.chunk_frames)
+            self.min_context_frames = min_read_context(self.period_frames, self.offsets, self.chunk_frames)
+            clip_frames = 1 + max(0, info.clip_samples - self.window) // self.hop
+            if self.min_context_frames < clip_frames:
+                logger.warning(
+                    "the read lane may have only %d frames of context (< %d frames of a training clip): "
+                    "use more lanes or a longer reset period", self.min_context_frames, clip_frames,
+                )  # fmt: skip
+        else:
+            self.period_frames, self.offsets, self.min_context_frames = 0, (0,), 0
+        self._lane_axes = [s.lane_axis for s in info.states]
+        self._buffer = np.zeros((1, self.context + self.chunk_frames * self.hop), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream: empty buffer, zero states, frame counter 0."""
+        self._fill = 0
+        self._states = self.model.initial_states(self.lanes)
+        self._last_reset = [0] * self.lanes
+        self._next_reset = [(o if o > 0 else self.period_frames) for o in self.offsets]
+        self.frames = 0
+        self.samples = 0
+        self.model_calls = 0
+        self.model_seconds = 0.0
+        self.read_lane = 0
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples buffered but not yet turned into frames (excluding the carried context)."""
+        return self._fill - (self.context if self.frames else 0)
+
+    def process(self, chunk: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Consume audio; return the posteriors of every frame completed by it.
+
+        Args:
+            chunk: mono samples at the model rate, ``[n]`` int16 PCM or float32 in [-1, 1] (any length).
+
+        Returns:
+            ``(first_frame, scores)`` blocks, ``scores`` float32 ``[k, n_labels]`` for frames
+            ``first_frame .. first_frame + k - 1`` (usually 0 or 1 block per call).
+        """
+        chunk = _as_mono(chunk)
+        scale = INT16_SCALE if chunk.dtype == np.int16 else None
+        blocks: list[tuple[int, np.ndarray]] = []
+        size = self._buffer.shape[1]
+        pos, n = 0, len(chunk)
+        self.samples += n
+        while pos < n:
+            take = min(n - pos, size - self._fill)
+            dst = self._buffer[0, self._fill : self._fill + take]
+            if scale is None:
+                dst[:] = chunk[pos : pos + take]
+            else:
+                np.multiply(chunk[pos : pos + take], scale, out=dst)
+            self._fill += take
+            pos += take
+            if self._fill == size:
+                blocks.append(self._step(self._buffer, self.chunk_frames))
+                self._buffer[0, : self.context] = self._buffer[0, size - self.context :]
+                self._fill = self.context
+        return blocks
+
+    def flush(self) -> list[tuple[int, np.ndarray]]:
+        """Compute the frames of the whole hops still buffered (end of a stream); partial hops are dropped."""
+        if self.frames == 0:
+            k = 1 + (self._fill - self.window) // self.hop if self._fill >= self.window else 0
+        else:
+            k = (self._fill - self.context) // self.hop
+        if k <= 0:
+            return []
+        used = self.context + k * self.hop
+        block = self._step(self._buffer[:, :used], k)
+        keep = self._fill - k * self.hop
+        self._buffer[0, :keep] = self._buffer[0, self._fill - keep : self._fill]
+        self._fill = keep
+        return [block]
+
+    def _step(self, audio: np.ndarray, k: int) -> tuple[int, np.ndarray]:
+        """Reset the lanes that are due, run the model on ``audio`` (``[1, context + k * hop]``)."""
+        start = self.frames
+        if self.period_frames:
+            for lane in range(self.lanes):
+                if start >= self._next_reset[lane]:
+                    for state, axis in zip(self._states, self._lane_axes, strict=True):
+                        np.moveaxis(state, axis, 0)[lane] = 0.0
+                    self._last_reset[lane] = start
+                    self._next_reset[lane] += self.period_frames
+            self.read_lane = self._last_reset.index(min(self._last_reset))
+        t0 = perf_counter()
+        scores, self._states = self.model.run(audio, self._states)
+        self.model_seconds += perf_counter() - t0
+        self.model_calls += 1
+        self.frames += k
+        return start, scores[self.read_lane]
+
+    def lane_context(self) -> list[int]:
+        """Frames each lane has run since its last reset (or since the stream started)."""
+        return [self.frames - r for r in self._last_reset]
+
+
+def _as_mono(chunk: np.ndarray) -> np.ndarray:
+    chunk = np.asarray(chunk)
+    if chunk.ndim != 1:
+        raise ValueError(f"expected mono samples of shape [n], got {chunk.shape}")
+    if chunk.dtype == np.int16 or chunk.dtype == np.float32:
+        return chunk
+    if np.issubdtype(chunk.dtype, np.floating):
+        return chunk.astype(np.float32)
+    raise TypeError(f"expected int16 or float samples, got {chunk.dtype}")

@@ -1,0 +1,270 @@
+"""Loading an exported streaming model with onnxruntime and reading everything it needs from the file.
+
+Labels, sample rate, window, hop and the LSTM state shapes all come from the ONNX ``metadata_props``
+(keys in :mod:`kws.constants`), so the runtime never needs the training code or its configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, PRETRAINED_MODEL_NAME
+
+from kws.constants import (
+    INPUT_AUDIO,
+    META_CLIP_SAMPLES,
+    META_FORMAT,
+    META_FORMAT_VERSION,
+    META_HOP_SAMPLES,
+    META_KIND,
+    META_LABELS,
+    META_QUANTIZATION,
+    META_SAMPLE_RATE,
+    META_STATE,
+    META_VERSION,
+    META_WINDOW_SAMPLES,
+    OUTPUT_SCORES,
+)
+from kws.errors import KWSError
+
+logger = logging.getLogger(__name__)
+
+KIND_STREAM = "stream"
+KIND_CLIP = "clip"
+LANES_DIM = "lanes"
+"""Name of the symbolic state dimension that holds independent lanes (``META_STATE`` shapes)."""
+
+REQUIRED_METADATA: tuple[str, ...] = (
+    META_FORMAT, META_KIND, META_LABELS, META_SAMPLE_RATE, META_WINDOW_SAMPLES, META_HOP_SAMPLES, META_STATE,
+)  # fmt: skip
+
+
+class ModelError(KWSError, ValueError):
+    """The model file is missing, not ONNX, or not a kws streaming model."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state tensor: fed as ``input``, returned as ``output``.
+
+    ``shape`` has one entry :data:`LANES_DIM` (the lanes axis, ``lane_axis``); the others are fixed sizes.
+    """
+
+    input: str
+    output: str
+    shape: tuple[int | str, ...]
+
+    @property
+    def lane_axis(self) -> int:
+        return self.shape.index(LANES_DIM)
+
+    def zeros(self, lanes: int) -> np.ndarray:
+        """Zero state for ``lanes`` lanes (float32)."""
+        return np.zeros([lanes if d == LANES_DIM else d for d in self.shape], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime knows about a model, all read from its metadata.
+
+    Attributes:
+        path: the ONNX file.
+        kind: ``"stream"`` or ``"clip"``.
+        labels: every output class, in score order (``_silence_``, ``_unknown_``, keywords...).
+        sample_rate: audio rate the model expects (Hz).
+        window_samples: samples per analysis frame (the FFT size).
+        hop_samples: samples between frames.
+        clip_samples: length of a training clip (samples).
+        states: recurrent state tensors (empty for a clip model).
+        quantization: ``"none"``, ``"dynamic"`` or ``"static-qdq"`` (``"unknown"`` if absent).
+        version: kws version that exported the model (``"unknown"`` if absent).
+        metadata: every metadata entry, raw.
+    """
+
+    path: Path
+    kind: str
+    labels: tuple[str, ...]
+    sample_rate: int
+    window_samples: int
+    hop_samples: int
+    clip_samples: int
+    states: tuple[StateSpec, ...]
+    quantization: str = "unknown"
+    version: str = "unknown"
+    metadata: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def context_samples(self) -> int:
+        """Samples from before the new hops that a streaming call needs (``window - hop``)."""
+        return self.window_samples - self.hop_samples
+
+    @property
+    def hop_ms(self) -> float:
+        return 1000.0 * self.hop_samples / self.sample_rate
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The labels that can be reported (everything but ``_silence_`` and ``_unknown_``)."""
+        return tuple(x for x in self.labels if x not in NON_KEYWORD_LABELS)
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package: ``kws/pretrained/kws.stream.int8.onnx``."""
+    import kws
+
+    return Path(kws.__file__).resolve().parent / "pretrained" / PRETRAINED_MODEL_NAME
+
+
+def session_options(threads: int = DEFAULT_THREADS) -> ort.SessionOptions:
+    """SessionOptions tuned for a tiny model called many times a second.
+
+    One intra-op thread (no thread pool hand-offs, no spinning cores), sequential execution, every graph
+    optimisation, warnings only.
+    """
+    if threads < 1:
+        raise ModelError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: the default also logs benign graph-optimisation warnings
+    # With more than one thread, idle workers would otherwise busy-wait between the (tiny, frequent) calls.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def make_session(path: str | Path, threads: int = DEFAULT_THREADS) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``path`` with :func:`session_options`.
+
+    Raises:
+        ModelError: the file is missing or is not a loadable ONNX model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                    providers=["CPUExecutionProvider"])  # fmt: skip
+    except Exception as exc:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, NotImplemented, ...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path} is not a loadable ONNX model: {detail}") from None
+
+
+def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
+    """Parse and check the kws metadata and the graph signature of a session.
+
+    Raises:
+        ModelError: naming the missing or invalid metadata entries, inputs or outputs.
+    """
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise ModelError(f"{path} is not a kws model: metadata {', '.join(missing)} missing "
+                         "(export it with `kws export`)")  # fmt: skip
+    if meta[META_FORMAT] != META_FORMAT_VERSION:
+        raise ModelError(f"{path}: metadata format {meta[META_FORMAT]!r} is not supported "
+                         f"(this runtime reads format {META_FORMAT_VERSION!r})")  # fmt: skip
+    kind = meta[META_KIND]
+    try:
+        labels = tuple(str(x) for x in json.loads(meta[META_LABELS]))
+        sample_rate = int(meta[META_SAMPLE_RATE])
+        window = int(meta[META_WINDOW_SAMPLES])
+        hop = int(meta[META_HOP_SAMPLES])
+        clip = int(meta.get(META_CLIP_SAMPLES, sample_rate))
+        states = tuple(_state_spec(x) for x in json.loads(meta[META_STATE]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"{path}: invalid kws metadata ({exc})") from None
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ModelError(f"{path}: metadata {META_LABELS} must list at least 2 distinct labels, got {labels}")
+    if not (sample_rate > 0 and 0 < hop <= window):
+        raise ModelError(f"{path}: invalid metadata sample_rate={sample_rate}, window={window}, hop={hop}")
+
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    need_in = [INPUT_AUDIO, *(s.input for s in states)]
+    need_out = [OUTPUT_SCORES, *(s.output for s in states)]
+    problems = [f"input {n!r}" for n in need_in if n not in inputs]
+    problems += [f"output {n!r}" for n in need_out if n not in outputs]
+    if problems:
+        raise ModelError(f"{path}: graph has no {', '.join(problems)} (has inputs {sorted(inputs)}, "
+                         f"outputs {sorted(outputs)})")  # fmt: skip
+    return ModelInfo(
+        path=Path(path), kind=kind, labels=labels, sample_rate=sample_rate, window_samples=window,
+        hop_samples=hop, clip_samples=clip, states=states,
+        quantization=meta.get(META_QUANTIZATION, "unknown"), version=meta.get(META_VERSION, "unknown"),
+        metadata=meta,
+    )  # fmt: skip
+
+
+def _state_spec(entry: Any) -> StateSpec:
+    shape = tuple(entry["shape"])
+    if shape.count(LANES_DIM) != 1 or not all(isinstance(d, int) and d > 0 for d in shape if d != LANES_DIM):
+        raise ValueError(f"state shape {list(shape)} must hold positive sizes and one {LANES_DIM!r}")
+    return StateSpec(input=str(entry["input"]), output=str(entry["output"]), shape=shape)
+
+
+class StreamingModel:
+    """A loaded streaming model: ``run(audio, states) -> (scores, new_states)``.
+
+    Args:
+        path: the ONNX file (``kws.stream.onnx`` / ``kws.stream.int8.onnx``).
+        threads: onnxruntime intra-op threads.
+
+    Raises:
+        ModelError: missing/invalid file, missing metadata or inputs, or a whole-clip model.
+    """
+
+    def __init__(self, path: str | Path, threads: int = DEFAULT_THREADS) -> None:
+        self.session = make_session(path, threads)
+        self.info = read_info(self.session, path)
+        if self.info.kind != KIND_STREAM or not self.info.states:
+            raise ModelError(f"{path} is a {self.info.kind!r} model without recurrent state; the runtime "
+                             "needs the streaming export (*.stream.onnx or *.stream.int8.onnx)")  # fmt: skip
+        self._output_names = [OUTPUT_SCORES, *(s.output for s in self.info.states)]
+        self._state_inputs = [s.input for s in self.info.states]
+
+    def initial_states(self, lanes: int) -> list[np.ndarray]:
+        """Zero states for ``lanes`` lanes, in ``info.states`` order."""
+        return [s.zeros(lanes) for s in self.info.states]
+
+    def run(self, audio: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One streaming step.
+
+        Args:
+            audio: float32 ``[1, context_samples + k * hop_samples]``.
+            states: per :attr:`info.states`, float32 with ``lanes`` on the lane axis.
+
+        Returns:
+            scores ``[lanes, k, n_labels]`` (per-frame posteriors) and the states after the k frames.
+        """
+        feeds = dict(zip(self._state_inputs, states, strict=True))
+        feeds[INPUT_AUDIO] = audio
+        scores, *new_states = self.session.run(self._output_names, feeds)
+        return scores, new_states
+
+
+def load_model(
+    model: str | Path | StreamingModel | None = None, threads: int = DEFAULT_THREADS
+) -> StreamingModel:
+    """A :class:`StreamingModel` from a path (None: the shipped model), or ``model`` itself if already loaded.
+
+    Raises:
+        ModelError: as :class:`StreamingModel`; for the shipped model, a hint to pass ``--model``.
+    """
+    if isinstance(model, StreamingModel):
+        return model
+    if model is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise ModelError(f"no model given and the shipped model {path} is not installed: "
+                             "pass --model PATH/TO/kws.stream.int8.onnx")  # fmt: skip
+        model = path
+    return StreamingModel(model, threads)
