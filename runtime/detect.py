@@ -47,33 +47,52 @@ class Detection:
 
 
 class Smoother:
-    """Streaming moving average over the last ``window`` frames (fewer at the start of the stream)."""
+    """Streaming moving average over the last ``window`` frames (fewer at the start of the stream).
+
+    Works on preallocated buffers: the last ``window - 1`` frames followed by the new ones, and their running
+    sums (cumulative sums with a leading zero row, so each window sum is one subtraction).
+    """
 
     def __init__(self, window: int, n_labels: int) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1 frame, got {window}")
         self.window = window
         self.n_labels = n_labels
+        self._frames = np.zeros((window - 1, n_labels), dtype=np.float32)
+        self._sums = np.zeros((1, n_labels), dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
-        self._history = np.zeros((self.window - 1, self.n_labels), dtype=np.float32)
+        self._frames.fill(0.0)
         self._seen = 0
 
+    def _reserve(self, k: int) -> None:
+        rows = self.window - 1 + k
+        if len(self._frames) < rows:
+            frames = np.zeros((rows, self.n_labels), dtype=np.float32)
+            frames[: self.window - 1] = self._frames[: self.window - 1]
+            self._frames = frames
+            self._sums = np.zeros((rows + 1, self.n_labels), dtype=np.float32)
+
     def process(self, scores: np.ndarray) -> np.ndarray:
-        """``[k, n_labels]`` posteriors -> ``[k, n_labels]`` averages (float32)."""
-        k = len(scores)
-        if self.window == 1 or k == 0:
+        """``[k, n_labels]`` posteriors -> ``[k, n_labels]`` averages (a new float32 array)."""
+        k, w = len(scores), self.window
+        if w == 1 or k == 0:
             self._seen += k
-            return np.asarray(scores, dtype=np.float32)
-        extended = np.concatenate((self._history, scores.astype(np.float32, copy=False)))
-        cumulative = np.cumsum(extended, axis=0, dtype=np.float64)
-        sums = cumulative[self.window - 1 :].copy()
-        sums[1:] -= cumulative[: k - 1]
-        counts = np.minimum(np.arange(self._seen + 1, self._seen + k + 1), self.window)
-        self._history = extended[k:].copy()
+            return np.array(scores, dtype=np.float32)
+        self._reserve(k)
+        frames = self._frames[: w - 1 + k]
+        frames[w - 1 :] = scores
+        sums = self._sums[: w + k]  # row 0 stays 0
+        np.cumsum(frames, axis=0, out=sums[1:])
+        out = sums[w:] - sums[:k]
+        if self._seen >= w - 1:
+            out *= np.float32(1.0 / w)
+        else:
+            out /= np.minimum(np.arange(self._seen + 1, self._seen + k + 1), w)[:, None].astype(np.float32)
+        frames[: w - 1] = frames[k:].copy()
         self._seen += k
-        return (sums / counts[:, None]).astype(np.float32)
+        return out
 
 
 class Decider:
@@ -91,11 +110,17 @@ class Decider:
 
     def reset(self) -> None:
         self._armed = np.ones(len(self.thresholds), dtype=bool)
+        self._all_armed = True
         self._last: int | None = None
 
     def process(self, first_frame: int, smoothed: np.ndarray) -> list[tuple[int, int, float]]:
         """Smoothed ``[k, n_labels]`` of frames ``first_frame...`` -> ``(frame, label index, score)`` hits."""
         above = smoothed >= self.thresholds
+        if not above.any():  # the usual case: nothing to do but re-arm
+            if not self._all_armed:
+                self._armed.fill(True)
+                self._all_armed = True
+            return []
         active = np.flatnonzero(above.any(axis=1))
         hits: list[tuple[int, int, float]] = []
         previous = -1
@@ -115,6 +140,7 @@ class Decider:
             previous = int(i)
         if previous < len(smoothed) - 1:
             self._armed[:] = True
+        self._all_armed = bool(self._armed.all())
         return hits
 
 
@@ -164,8 +190,12 @@ def detections_from_scores(trace: ScoreTrace, config: SpotterConfig | None = Non
     window = frames_for(config.smoothing_ms, trace.hop_ms, 1)
     if window == frames_for(trace.config.smoothing_ms, trace.hop_ms, 1):
         smoothed = trace.smoothed
-    else:
-        smoothed = Smoother(window, len(trace.labels)).process(trace.raw)
+    else:  # in the live run's blocks, so that the float32 arithmetic is exactly the live one
+        smoother = Smoother(window, len(trace.labels))
+        step = frames_for(trace.config.chunk_ms, trace.hop_ms, 1)
+        empty = np.zeros((0, len(trace.labels)), np.float32)
+        smoothed = np.concatenate([empty, *(smoother.process(trace.raw[i : i + step])
+                                            for i in range(0, len(trace.raw), step))])  # fmt: skip
     decider = Decider(threshold_vector(trace.labels, config), frames_for(config.refractory_ms, trace.hop_ms))
     return [
         Detection(time=float(trace.times[f]), keyword=trace.labels[j], confidence=score, frame=f)

@@ -26,7 +26,7 @@ from time import perf_counter
 
 import numpy as np
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
-from kws.runtime.model import StreamingModel
+from kws.runtime.model import BoundStep, StreamingModel
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +72,18 @@ class StreamEngine:
             self.period_frames, self.offsets, self.min_context_frames = 0, (0,), 0
         self._lane_axes = [s.lane_axis for s in info.states]
         self._buffer = np.zeros((1, self.context + self.chunk_frames * self.hop), dtype=np.float32)
+        self._step_runner = BoundStep(model, self._buffer, self.lanes)
         self.reset()
+
+    @property
+    def states(self) -> list[np.ndarray]:
+        """The recurrent states the next call starts from (``info.states`` order, lanes on their axis)."""
+        return self._step_runner.states
 
     def reset(self) -> None:
         """Start a new stream: empty buffer, zero states, frame counter 0."""
         self._fill = 0
-        self._states = self.model.initial_states(self.lanes)
+        self._step_runner.zero_states()
         self._last_reset = [0] * self.lanes
         self._next_reset = [(o if o > 0 else self.period_frames) for o in self.offsets]
         self.frames = 0
@@ -107,9 +113,10 @@ class StreamEngine:
         size = self._buffer.shape[1]
         pos, n = 0, len(chunk)
         self.samples += n
+        buffer = self._buffer[0]
         while pos < n:
             take = min(n - pos, size - self._fill)
-            dst = self._buffer[0, self._fill : self._fill + take]
+            dst = buffer[self._fill : self._fill + take]
             if scale is None:
                 dst[:] = chunk[pos : pos + take]
             else:
@@ -117,8 +124,8 @@ class StreamEngine:
             self._fill += take
             pos += take
             if self._fill == size:
-                blocks.append(self._step(self._buffer, self.chunk_frames))
-                self._buffer[0, : self.context] = self._buffer[0, size - self.context :]
+                blocks.append(self._step(None, self.chunk_frames))
+                buffer[: self.context] = buffer[size - self.context :]
                 self._fill = self.context
         return blocks
 
@@ -131,29 +138,34 @@ class StreamEngine:
         if k <= 0:
             return []
         used = self.context + k * self.hop
-        block = self._step(self._buffer[:, :used], k)
+        block = self._step(None if used == self._buffer.shape[1] else self._buffer[:, :used].copy(), k)
         keep = self._fill - k * self.hop
         self._buffer[0, :keep] = self._buffer[0, self._fill - keep : self._fill]
         self._fill = keep
         return [block]
 
-    def _step(self, audio: np.ndarray, k: int) -> tuple[int, np.ndarray]:
-        """Reset the lanes that are due, run the model on ``audio`` (``[1, context + k * hop]``)."""
+    def _step(self, audio: np.ndarray | None, k: int) -> tuple[int, np.ndarray]:
+        """Reset the lanes that are due, then compute ``k`` frames: of the engine's full buffer (``audio``
+        None, the bound fast path) or of ``audio`` (``[1, context + k * hop]``, end of stream).
+
+        Returns:
+            (first frame, the read lane's posteriors ``[k, n_labels]``, a copy).
+        """
         start = self.frames
         if self.period_frames:
             for lane in range(self.lanes):
                 if start >= self._next_reset[lane]:
-                    for state, axis in zip(self._states, self._lane_axes, strict=True):
+                    for state, axis in zip(self._step_runner.states, self._lane_axes, strict=True):
                         np.moveaxis(state, axis, 0)[lane] = 0.0
                     self._last_reset[lane] = start
                     self._next_reset[lane] += self.period_frames
             self.read_lane = self._last_reset.index(min(self._last_reset))
         t0 = perf_counter()
-        scores, self._states = self.model.run(audio, self._states)
+        scores = self._step_runner.run() if audio is None else self._step_runner.run_other(audio)
         self.model_seconds += perf_counter() - t0
         self.model_calls += 1
         self.frames += k
-        return start, scores[self.read_lane]
+        return start, scores[self.read_lane].copy()
 
     def lane_context(self) -> list[int]:
         """Frames each lane has run since its last reset (or since the stream started)."""

@@ -251,6 +251,82 @@ class StreamingModel:
         return scores, new_states
 
 
+class BoundStep:
+    """Streaming calls on preallocated buffers (onnxruntime IO binding), for the steady state of a stream.
+
+    The audio input is always ``audio`` (a fixed ``[1, context + k * hop]`` buffer the caller refills in
+    place), the scores land in :attr:`scores` (overwritten by every call) and the states alternate between two
+    preallocated buffers per state tensor (ping-pong), so a call allocates nothing. :attr:`states` are the
+    current input states, which the caller may modify in place (lane resets).
+
+    The first call is checked with an ordinary run: outputs of unexpected shapes raise ModelError.
+    """
+
+    def __init__(self, model: StreamingModel, audio: np.ndarray, lanes: int) -> None:
+        info = model.info
+        self.model = model
+        self.audio = audio
+        self.k = (audio.shape[1] - info.context_samples) // info.hop_samples
+        self.scores = np.zeros((lanes, self.k, len(info.labels)), dtype=np.float32)
+        self._pairs = [(s.zeros(lanes), s.zeros(lanes)) for s in info.states]
+        self._parity = 0
+        self._check_shapes()
+        self._bindings = [self._bind(0), self._bind(1)]
+
+    @property
+    def states(self) -> list[np.ndarray]:
+        """The states the next call reads (``info.states`` order)."""
+        return [pair[self._parity] for pair in self._pairs]
+
+    def run(self) -> np.ndarray:
+        """One call on ``audio``; returns :attr:`scores` ``[lanes, k, n_labels]``."""
+        self.model.session.run_with_iobinding(self._bindings[self._parity])
+        self._parity ^= 1
+        return self.scores
+
+    def run_other(self, audio: np.ndarray) -> np.ndarray:
+        """One ordinary call on another audio length (end of a stream); the states advance the same way."""
+        scores, new_states = self.model.run(audio, self.states)
+        for current, new in zip(self.states, new_states, strict=True):
+            np.copyto(current, new)
+        return scores
+
+    def zero_states(self) -> None:
+        for current in self.states:
+            current.fill(0.0)
+
+    def _bind(self, parity: int) -> ort.IOBinding:
+        binding = self.model.session.io_binding()
+
+        def bind(name: str, array: np.ndarray, output: bool) -> None:
+            method = binding.bind_output if output else binding.bind_input
+            method(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+
+        bind(INPUT_AUDIO, self.audio, False)
+        bind(OUTPUT_SCORES, self.scores, True)
+        for spec, pair in zip(self.model.info.states, self._pairs, strict=True):
+            bind(spec.input, pair[parity], False)
+            bind(spec.output, pair[1 - parity], True)
+        return binding
+
+    def _check_shapes(self) -> None:
+        info = self.model.info
+        try:
+            scores, new_states = self.model.run(np.zeros_like(self.audio), self.states)
+        except Exception as exc:  # onnxruntime errors (wrong input shapes or types)
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{info.path}: a streaming call failed: {detail}") from None
+        problems = []
+        if scores.shape != self.scores.shape:
+            problems.append(f"{OUTPUT_SCORES} is {list(scores.shape)}, expected {list(self.scores.shape)} "
+                            "[lanes, k, n_labels]")  # fmt: skip
+        for spec, state, new in zip(info.states, self.states, new_states, strict=True):
+            if new.shape != state.shape:
+                problems.append(f"{spec.output} is {list(new.shape)}, expected {list(state.shape)}")
+        if problems:
+            raise ModelError(f"{info.path} does not follow the streaming contract: {'; '.join(problems)}")
+
+
 def load_model(
     model: str | Path | StreamingModel | None = None, threads: int = DEFAULT_THREADS
 ) -> StreamingModel:

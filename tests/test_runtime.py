@@ -503,7 +503,7 @@ class TestStreamingEngine:
         engine.process(np.zeros(CONTEXT, np.float32))
         for _ in range(60):
             engine.process(np.zeros(step, np.float32))
-            counted = engine._states[1][0, :, 0]
+            counted = engine.states[1][0, :, 0]
             assert list(counted) == engine.lane_context()
             assert max(counted) <= engine.period_frames
         assert len(set(engine.lane_context())) == 2
