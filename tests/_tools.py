@@ -1,0 +1,79 @@
+"""Helpers shared by the system-level tests (virtual microphone, emulated Raspberry Pi).
+
+These tests need system tools that a developer machine may lack. Locally a missing tool skips the test with
+the tool's name; in CI (``CI=true``) it fails, because ``.ci/install-system.sh`` installs every one of them
+and a silent skip there would hide a broken pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+INSTALL_HINT = "see .ci/install-system.sh"
+
+
+def in_ci() -> bool:
+    """True on a CI machine (the ``CI`` variable that CI services set)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_tools(purpose: str, *tools: str, packages: str) -> None:
+    """Skip (locally) or fail (in CI) unless every command in ``tools`` is on PATH.
+
+    Args:
+        purpose: what needs them, for the message ("the virtual microphone").
+        tools: command names.
+        packages: the Debian packages that provide them, for the message.
+    """
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return
+    message = f"{purpose} needs {', '.join(missing)} (apt-get install {packages}; {INSTALL_HINT})"
+    if in_ci():
+        pytest.fail(f"{message}: CI installs them, so this is a broken CI setup", pytrace=False)
+    pytest.skip(message)
+
+
+def kws_command() -> list[str]:
+    """The ``kws`` command of the interpreter running the tests (no PATH lookup needed)."""
+    return [sys.executable, "-m", "kws.cli"]
+
+
+def read_json_lines(text: str) -> list[dict]:
+    """The JSON objects of ``kws listen --json`` output, one per non-empty line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def run_checked(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on a non-zero exit fail the test with its output (not just the exit code)."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, command))} exited with {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}",
+            pytrace=False,
+        )
+    return result
+
+
+def export_stream_model(checkpoint: Path, out_dir: Path) -> Path:
+    """The streaming ONNX model (fp32) of ``checkpoint``, written to ``out_dir/kws.stream.onnx``."""
+    from kws.export.onnx_export import export_stream_model as export
+    from kws.export.onnx_export import save_model
+
+    from kws.checkpoint import model_from_checkpoint
+
+    path = out_dir / "kws.stream.onnx"
+    if not path.exists():
+        model, labels, _ = model_from_checkpoint(checkpoint)
+        save_model(export(model.eval(), labels), path)
+    return path
