@@ -93,8 +93,10 @@ class ModelConfig:
     proj_size: int = 0
     dropout: float = 0.2
     input_dropout: float = 0.1
+    pooling: str = "mean"  # clip logits: "mean" of the per-frame logits, or the "last" frame's
 
     def __post_init__(self) -> None:
+        _check(self.pooling in ("mean", "last"), f"pooling must be 'mean' or 'last', got {self.pooling!r}")
         _check(self.n_inputs > 0 and self.n_labels >= 2, "need n_inputs > 0 and n_labels >= 2")
         _check(self.hidden_size > 0 and self.num_layers >= 1, "need hidden_size > 0 and num_layers >= 1")
         _check(0 <= self.proj_size < self.hidden_size, "need 0 <= proj_size < hidden_size")
@@ -131,9 +133,9 @@ class AugmentConfig:
     """On-the-fly, seeded waveform and feature augmentation (training split only)."""
 
     time_shift_ms: float = 100.0
-    noise_prob: float = 0.8
-    snr_db_min: float = 0.0
-    snr_db_max: float = 20.0
+    noise_prob: float = 0.6
+    snr_db_min: float = 5.0
+    snr_db_max: float = 25.0
     gain_db: float = 6.0
     speed_min: float = 0.9
     speed_max: float = 1.1

@@ -55,3 +55,6 @@ INPUT_AUDIO = "audio"
 OUTPUT_SCORES = "scores"
 STATE_H_IN, STATE_C_IN = "h_in", "c_in"
 STATE_H_OUT, STATE_C_OUT = "h_out", "c_out"
+OUTPUT_LOGITS = "logits"  # streaming model: per-frame logits [lanes, frames, n_labels]
+META_POOLING = "kws.pooling"  # "mean" (mean of the per-frame logits over a clip) or "last"
+META_POOL_FRAMES = "kws.pool_frames"  # frames per clip, over which a stream pools its logits

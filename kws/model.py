@@ -58,7 +58,15 @@ class KWSModel(nn.Module):
         out, (h, c) = self.lstm(self.input_dropout(features), state)
         return self.head(self.dropout(out)), (h, c)
 
+    def pool(self, logits: torch.Tensor) -> torch.Tensor:
+        """Clip logits ``[batch, n_labels]`` from per-frame logits ``[batch, frames, n_labels]``.
+
+        ``mean`` pooling averages the frames (a stream averages its last ``clip frames`` the same way);
+        ``last`` takes the final frame.
+        """
+        return logits.mean(1) if self.config.pooling == "mean" else logits[:, -1]
+
     def classify(self, audio: torch.Tensor) -> torch.Tensor:
-        """Whole-clip logits ``[batch, n_labels]`` of audio ``[batch, samples]`` (the last frame's)."""
+        """Whole-clip logits ``[batch, n_labels]`` of audio ``[batch, samples]``."""
         logits, _ = self(self.frontend(audio))
-        return logits[:, -1]
+        return self.pool(logits)

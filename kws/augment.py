@@ -1,0 +1,112 @@
+"""Seeded on-the-fly waveform augmentation for training (numpy; SpecAugment lives in kws.features).
+
+Every random draw comes from the ``numpy.random.Generator`` passed in, so a run is repeatable from its seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kws.config import AugmentConfig
+
+EPS = 1e-8
+
+
+def _random_slice(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``length``-sample slice of ``audio`` (tiled if shorter)."""
+    if len(audio) < length:
+        audio = np.tile(audio, length // max(len(audio), 1) + 1)
+    start = int(rng.integers(0, len(audio) - length + 1))
+    return audio[start : start + length]
+
+
+def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
+    """Speed perturbation (tempo and pitch) by ``factor`` with linear interpolation."""
+    n_out = max(int(round(len(audio) / factor)), 1)
+    positions = np.arange(n_out, dtype=np.float64) * factor
+    return np.interp(positions, np.arange(len(audio)), audio).astype(np.float32)
+
+
+def _shift(audio: np.ndarray, shift: int) -> np.ndarray:
+    """Shift right (``shift > 0``) or left with zero fill, keeping the length."""
+    if shift == 0:
+        return audio
+    out = np.zeros_like(audio)
+    if shift > 0:
+        out[shift:] = audio[:-shift]
+    else:
+        out[:shift] = audio[-shift:]
+    return out
+
+
+def _fit_centered(audio: np.ndarray, length: int) -> np.ndarray:
+    if len(audio) >= length:
+        start = (len(audio) - length) // 2
+        return audio[start : start + length]
+    pad = length - len(audio)
+    return np.pad(audio, (pad // 2, pad - pad // 2))
+
+
+class Augmenter:
+    """Applies :class:`AugmentConfig` to batches of 1 s clips.
+
+    Args:
+        config: what to apply.
+        sample_rate: Hz.
+        noises: background-noise recordings (float32 ``[samples]`` each), for mixing and ``_silence_``.
+        speech: non-keyword speech clips (float32 ``[samples]``), prepended as context.
+    """
+
+    def __init__(
+        self, config: AugmentConfig, sample_rate: int, noises: list[np.ndarray], speech: list[np.ndarray]
+    ) -> None:
+        self.config = config
+        self.sample_rate = sample_rate
+        self.noises = noises
+        self.speech = speech
+
+    def clip(self, audio: np.ndarray, is_silence: bool, rng: np.random.Generator) -> np.ndarray:
+        """Augment one clip ``[samples]`` -> ``[samples]`` (same length)."""
+        cfg = self.config
+        n = len(audio)
+        if not is_silence:
+            if cfg.speed_prob and rng.random() < cfg.speed_prob:
+                audio = _fit_centered(_speed(audio, float(rng.uniform(cfg.speed_min, cfg.speed_max))), n)
+            max_shift = int(cfg.time_shift_ms * self.sample_rate / 1000)
+            if max_shift:
+                audio = _shift(audio, int(rng.integers(-max_shift, max_shift + 1)))
+        if cfg.gain_db:
+            audio = audio * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
+        if self.noises and not is_silence and rng.random() < cfg.noise_prob:
+            noise = _random_slice(self.noises[int(rng.integers(len(self.noises)))], n, rng)
+            snr_db = rng.uniform(cfg.snr_db_min, cfg.snr_db_max)
+            signal_rms = np.sqrt(np.mean(audio**2) + EPS)
+            noise_rms = np.sqrt(np.mean(noise**2) + EPS)
+            audio = audio + noise * np.float32(signal_rms / noise_rms / 10 ** (snr_db / 20))
+        return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+    def context(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        """``length`` samples of preceding context: quiet noise or the end of a non-keyword utterance."""
+        if self.speech and rng.random() < 0.5:
+            speech = self.speech[int(rng.integers(len(self.speech)))]
+            out = np.zeros(length, np.float32)
+            tail = speech[-length:]
+            out[length - len(tail) :] = tail
+            return out
+        if self.noises:
+            noise = _random_slice(self.noises[int(rng.integers(len(self.noises)))], length, rng)
+            return noise * np.float32(rng.uniform(0.0, 0.5))
+        return np.zeros(length, np.float32)
+
+    def batch(self, clips: list[np.ndarray], silence: list[bool], rng: np.random.Generator) -> np.ndarray:
+        """Augment a batch; with probability ``context_prob`` the whole batch gets context prepended.
+
+        Returns:
+            float32 ``[batch, context + samples]``.
+        """
+        out = [self.clip(c, s, rng) for c, s in zip(clips, silence, strict=True)]
+        cfg = self.config
+        if cfg.context_prob and rng.random() < cfg.context_prob:
+            length = int(rng.uniform(0.1, cfg.context_seconds) * self.sample_rate)
+            out = [np.concatenate([self.context(length, rng), c]) for c in out]
+        return np.stack(out)
