@@ -5,12 +5,13 @@
 #       libasound2-plugins           ALSA "default" -> PulseAudio, so PortAudio (sounddevice) reaches it
 #       libportaudio2                what the sounddevice wheel loads
 #   - Raspberry Pi (aarch64) emulation (tests/test_pi.py, scripts/pi_root.sh):
-#       qemu-user-static debootstrap
+#       qemu-user-static debootstrap debian-archive-keyring (debootstrap checks the Release signature)
 #   - libsndfile1: soundfile's system fallback on x86 (its wheel bundles one; harmless to have)
 # Idempotent: installs nothing (and skips `apt-get update`) when every package is already there.
 set -euo pipefail
 
-PACKAGES=(pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 qemu-user-static debootstrap libsndfile1)
+PACKAGES=(pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 qemu-user-static debootstrap
+          debian-archive-keyring libsndfile1)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -28,6 +29,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 start=$SECONDS
 echo "install-system: installing ${missing[*]}"
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+    >"$log" 2>&1; then
+    tail -20 "$log" >&2
+    echo "install-system: apt-get failed" >&2
+    exit 1
+fi
 echo "install-system: done in $((SECONDS - start)) s"

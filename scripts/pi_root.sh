@@ -89,9 +89,17 @@ step_debootstrap() {
     # A half-finished earlier attempt leaves debootstrap's work files; start that step over.
     rm -rf "$ROOT/debootstrap"
     mkdir -p "$ROOT"
-    debootstrap --arch="$ARCH" --foreign --variant=minbase --include=python3 "$SUITE" "$ROOT" "$m" \
-        >"$ROOT/.kws-debootstrap.log" 2>&1 \
-        || die "debootstrap failed (log: $ROOT/.kws-debootstrap.log)"
+    local attempt
+    for attempt in 1 2; do  # a second try for a dropped connection; debootstrap keeps what it downloaded
+        if debootstrap --arch="$ARCH" --foreign --variant=minbase --include=python3 "$SUITE" "$ROOT" "$m" \
+            >"$ROOT/.kws-debootstrap.log" 2>&1; then
+            break
+        fi
+        tail -5 "$ROOT/.kws-debootstrap.log" >&2
+        [ "$attempt" -lt 2 ] || die "debootstrap failed (log: $ROOT/.kws-debootstrap.log)"
+        log "debootstrap failed, trying again"
+        rm -rf "$ROOT/debootstrap"
+    done
     mark_step debootstrap "$key"
     log "downloaded in $((SECONDS - start)) s"
 }
@@ -169,8 +177,16 @@ step_wheels() {
     log "wheels installed in $((SECONDS - start)) s"
 }
 
+# One build or install at a time per root (parallel test runs share the cache).
+lock_root() {
+    mkdir -p "$(dirname "$ROOT")"
+    exec 9>"$ROOT.lock"
+    flock 9
+}
+
 cmd_build() {
     need_tools "$QEMU" dpkg-deb
+    lock_root
     local start=$SECONDS
     step_debootstrap
     step_unpack
@@ -183,6 +199,7 @@ cmd_build() {
 # the root runs the current code (committed or not). Built from a copy, so nothing lands in the checkout.
 cmd_install_kws() {
     [ -f "$STAMPS/wheels" ] || die "no root in $ROOT yet (run: $0 build)"
+    lock_root
     local py src
     py=$(host_python)
     src=$(mktemp -d)
@@ -227,6 +244,6 @@ case "${1:-}" in
     install-kws) cmd_install_kws ;;
     run) shift; cmd_run "$@" ;;
     path) echo "$ROOT" ;;
-    clean) rm -rf "$ROOT"; log "removed $ROOT" ;;
+    clean) rm -rf "$ROOT" "$ROOT.lock"; log "removed $ROOT" ;;
     *) echo "usage: $0 build|install-kws|run CMD [ARG...]|path|clean" >&2; exit 2 ;;
 esac
