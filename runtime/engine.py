@@ -26,7 +26,7 @@ from time import perf_counter
 
 import numpy as np
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
-from kws.runtime.model import BoundStep, StreamingModel
+from kws.runtime.model import POOL_LAST, POOL_MEAN, BoundStep, StreamingModel
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +62,20 @@ class StreamEngine:
             period = frames_for(config.reset_period_ms, info.hop_ms, minimum=1)
             self.period_frames, self.offsets = lane_schedule(self.lanes, period, self.chunk_frames)
             self.min_context_frames = min_read_context(self.period_frames, self.offsets, self.chunk_frames)
-            clip_frames = 1 + max(0, info.clip_samples - self.window) // self.hop
-            if self.min_context_frames < clip_frames:
+            needed = max(info.clip_frames, info.pool_frames if info.pooling == POOL_MEAN else 0)
+            if self.min_context_frames < needed:
                 logger.warning(
                     "the read lane may have only %d frames of context (< %d frames of a training clip): "
-                    "use more lanes or a longer reset period", self.min_context_frames, clip_frames,
+                    "use more lanes or a longer reset period", self.min_context_frames, needed,
                 )  # fmt: skip
         else:
             self.period_frames, self.offsets, self.min_context_frames = 0, (0,), 0
         self._lane_axes = [s.lane_axis for s in info.states]
         self._buffer = np.zeros((1, self.context + self.chunk_frames * self.hop), dtype=np.float32)
         self._step_runner = BoundStep(model, self._buffer, self.lanes)
+        n_labels = len(info.labels)
+        self._pool = LogitPool(self.lanes, info.pool_frames, n_labels) if info.pooling == POOL_MEAN else None
+        self._softmax = info.pooling == POOL_LAST
         self.reset()
 
     @property
@@ -84,6 +87,8 @@ class StreamEngine:
         """Start a new stream: empty buffer, zero states, frame counter 0."""
         self._fill = 0
         self._step_runner.zero_states()
+        if self._pool is not None:
+            self._pool.reset()
         self._last_reset = [0] * self.lanes
         self._next_reset = [(o if o > 0 else self.period_frames) for o in self.offsets]
         self.frames = 0
@@ -149,7 +154,7 @@ class StreamEngine:
         None, the bound fast path) or of ``audio`` (``[1, context + k * hop]``, end of stream).
 
         Returns:
-            (first frame, the read lane's posteriors ``[k, n_labels]``, a copy).
+            (first frame, the read lane's posteriors ``[k, n_labels]``, a new array).
         """
         start = self.frames
         if self.period_frames:
@@ -161,15 +166,72 @@ class StreamEngine:
                     self._next_reset[lane] += self.period_frames
             self.read_lane = self._last_reset.index(min(self._last_reset))
         t0 = perf_counter()
-        scores = self._step_runner.run() if audio is None else self._step_runner.run_other(audio)
+        outputs = self._step_runner.run() if audio is None else self._step_runner.run_other(audio)
         self.model_seconds += perf_counter() - t0
         self.model_calls += 1
         self.frames += k
-        return start, scores[self.read_lane].copy()
+        if self._pool is not None:
+            context = self.frames - self._last_reset[self.read_lane]
+            return start, self._pool.process(outputs, self.read_lane, context)
+        if self._softmax:
+            return start, softmax(outputs[self.read_lane])
+        return start, outputs[self.read_lane].copy()
 
     def lane_context(self) -> list[int]:
         """Frames each lane has run since its last reset (or since the stream started)."""
         return [self.frames - r for r in self._last_reset]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (float32, a new array)."""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+class LogitPool:
+    """Posteriors of mean-pooled models: softmax of the mean of the last ``frames`` per-frame logits.
+
+    A whole-clip model scores a clip by the mean of its frames' logits; a stream scores frame ``t`` the same
+    way over the frames ``t - frames + 1 .. t`` of the read lane (fewer if the lane was reset more recently).
+    Every lane's recent logits are kept (``[lanes, frames - 1 + k, n_labels]``, preallocated), because the
+    read lane changes when a lane is reset and the new one needs its own history.
+    """
+
+    def __init__(self, lanes: int, frames: int, n_labels: int) -> None:
+        self.lanes, self.frames, self.n_labels = lanes, frames, n_labels
+        self._history = np.zeros((lanes, frames - 1, n_labels), dtype=np.float32)
+        self._sums = np.zeros((frames, n_labels), dtype=np.float32)
+
+    def reset(self) -> None:
+        self._history.fill(0.0)
+
+    def process(self, logits: np.ndarray, lane: int, context: int) -> np.ndarray:
+        """Pooled posteriors ``[k, n_labels]`` of ``lane``.
+
+        Args:
+            logits: this call's logits of every lane, ``[lanes, k, n_labels]``.
+            lane: the lane to read.
+            context: frames ``lane`` has run since its last reset, these ``k`` included.
+        """
+        k, w = logits.shape[1], self.frames
+        if self._history.shape[1] < w - 1 + k:
+            history = np.zeros((self.lanes, w - 1 + k, self.n_labels), dtype=np.float32)
+            history[:, : w - 1] = self._history[:, : w - 1]
+            self._history = history
+            self._sums = np.zeros((w + k, self.n_labels), dtype=np.float32)
+        history = self._history[:, : w - 1 + k]
+        history[:, w - 1 :] = logits
+        sums = self._sums[: w + k]  # row 0 stays 0: sums[i] = sum of the first i rows
+        np.cumsum(history[lane], axis=0, out=sums[1:])
+        counts = np.minimum(np.arange(context - k + 1, context + 1), w)
+        if counts[0] == w:
+            pooled = (sums[w:] - sums[:k]) * np.float32(1.0 / w)
+        else:
+            ends = np.arange(w, w + k)
+            pooled = (sums[ends] - sums[ends - counts]) / counts[:, None].astype(np.float32)
+        history[:, : w - 1] = history[:, k:].copy()
+        return softmax(pooled)
 
 
 def _as_mono(chunk: np.ndarray) -> np.ndarray:

@@ -39,6 +39,8 @@ from kws.runtime.detect import Detection, KeywordSpotter
 from kws.runtime.sources import AudioSource, format_devices, list_input_devices, open_source
 from kws.runtime.stream import StreamRunner
 
+from kws.config import ConfigError
+
 PROG = "kws listen"
 
 
@@ -127,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(format_devices(list_input_devices()))
         return 0
+    _check_source_options(args)
     config = config_from_args(args)
     spotter = KeywordSpotter(args.model, config, threads=args.threads)
     chunk_seconds = spotter.engine.chunk_frames * spotter.info.hop_samples / spotter.sample_rate
@@ -150,6 +153,16 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
         print(f"{PROG}: {runner.stats.summary()}", file=sys.stderr, flush=True)
     return 0
+
+
+def _check_source_options(args: argparse.Namespace) -> None:
+    """Options that only make sense with another input are mistakes, not silently ignored."""
+    if args.device is not None and args.input is not None:
+        raise ConfigError("--device selects a microphone; it cannot be combined with --input")
+    if args.realtime and (args.input is None or args.input == "-"):
+        raise ConfigError("--realtime paces an audio file: use it with --input FILE")
+    if (args.raw_rate is not None or args.raw_channels != 1) and args.input != "-":
+        raise ConfigError("--raw-rate/--raw-channels describe raw PCM on stdin: use them with --input -")
 
 
 def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfig) -> None:

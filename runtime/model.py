@@ -24,11 +24,14 @@ from kws.constants import (
     META_HOP_SAMPLES,
     META_KIND,
     META_LABELS,
+    META_POOL_FRAMES,
+    META_POOLING,
     META_QUANTIZATION,
     META_SAMPLE_RATE,
     META_STATE,
     META_VERSION,
     META_WINDOW_SAMPLES,
+    OUTPUT_LOGITS,
     OUTPUT_SCORES,
 )
 from kws.errors import KWSError
@@ -39,6 +42,11 @@ KIND_STREAM = "stream"
 KIND_CLIP = "clip"
 LANES_DIM = "lanes"
 """Name of the symbolic state dimension that holds independent lanes (``META_STATE`` shapes)."""
+
+POOL_NONE, POOL_LAST, POOL_MEAN = "none", "last", "mean"
+"""How per-frame outputs become posteriors: ``none``: the graph outputs per-frame softmax ``scores``;
+``last``: softmax of each frame's ``logits``; ``mean``: softmax of the mean of the last ``pool_frames``
+frames' ``logits`` (the whole-clip model pools a clip's frames the same way)."""
 
 REQUIRED_METADATA: tuple[str, ...] = (
     META_FORMAT, META_KIND, META_LABELS, META_SAMPLE_RATE, META_WINDOW_SAMPLES, META_HOP_SAMPLES, META_STATE,
@@ -82,6 +90,9 @@ class ModelInfo:
         hop_samples: samples between frames.
         clip_samples: length of a training clip (samples).
         states: recurrent state tensors (empty for a clip model).
+        output: the per-frame output of a streaming graph: ``scores`` (softmax) or ``logits``.
+        pooling: :data:`POOL_NONE` for ``scores``; :data:`POOL_LAST` or :data:`POOL_MEAN` for ``logits``.
+        pool_frames: frames pooled by :data:`POOL_MEAN` (one clip's frames).
         quantization: ``"none"``, ``"dynamic"`` or ``"static-qdq"`` (``"unknown"`` if absent).
         version: kws version that exported the model (``"unknown"`` if absent).
         metadata: every metadata entry, raw.
@@ -95,6 +106,9 @@ class ModelInfo:
     hop_samples: int
     clip_samples: int
     states: tuple[StateSpec, ...]
+    output: str = OUTPUT_SCORES
+    pooling: str = POOL_NONE
+    pool_frames: int = 1
     quantization: str = "unknown"
     version: str = "unknown"
     metadata: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -103,6 +117,11 @@ class ModelInfo:
     def context_samples(self) -> int:
         """Samples from before the new hops that a streaming call needs (``window - hop``)."""
         return self.window_samples - self.hop_samples
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames of one training clip."""
+        return 1 + (self.clip_samples - self.window_samples) // self.hop_samples
 
     @property
     def hop_ms(self) -> float:
@@ -189,16 +208,36 @@ def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
 
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
+    output = OUTPUT_LOGITS if OUTPUT_LOGITS in outputs and kind == KIND_STREAM else OUTPUT_SCORES
     need_in = [INPUT_AUDIO, *(s.input for s in states)]
-    need_out = [OUTPUT_SCORES, *(s.output for s in states)]
+    need_out = [s.output for s in states]
     problems = [f"input {n!r}" for n in need_in if n not in inputs]
     problems += [f"output {n!r}" for n in need_out if n not in outputs]
+    if output not in outputs:
+        problems.append(f"output {OUTPUT_SCORES!r} or {OUTPUT_LOGITS!r}" if kind == KIND_STREAM
+                        else f"output {OUTPUT_SCORES!r}")  # fmt: skip
     if problems:
         raise ModelError(f"{path}: graph has no {', '.join(problems)} (has inputs {sorted(inputs)}, "
                          f"outputs {sorted(outputs)})")  # fmt: skip
+    pooling, pool_frames = POOL_NONE, 1
+    if output == OUTPUT_LOGITS:
+        pooling = meta.get(META_POOLING, "")
+        if pooling not in (POOL_LAST, POOL_MEAN):
+            raise ModelError(
+                f"{path}: a model with per-frame {OUTPUT_LOGITS!r} needs metadata {META_POOLING} "
+                f"({POOL_LAST!r} or {POOL_MEAN!r}), got {pooling or 'none'!r}"
+            )
+        default_frames = 1 + max(0, clip - window) // hop
+        try:
+            pool_frames = int(meta.get(META_POOL_FRAMES, default_frames))
+        except ValueError:
+            pool_frames = 0
+        if pool_frames < 1:
+            raise ModelError(f"{path}: invalid metadata {META_POOL_FRAMES}={meta.get(META_POOL_FRAMES)!r}")
     return ModelInfo(
         path=Path(path), kind=kind, labels=labels, sample_rate=sample_rate, window_samples=window,
-        hop_samples=hop, clip_samples=clip, states=states,
+        hop_samples=hop, clip_samples=clip, states=states, output=output, pooling=pooling,
+        pool_frames=pool_frames,
         quantization=meta.get(META_QUANTIZATION, "unknown"), version=meta.get(META_VERSION, "unknown"),
         metadata=meta,
     )  # fmt: skip
@@ -212,7 +251,7 @@ def _state_spec(entry: Any) -> StateSpec:
 
 
 class StreamingModel:
-    """A loaded streaming model: ``run(audio, states) -> (scores, new_states)``.
+    """A loaded streaming model: ``run(audio, states) -> (outputs, new_states)``.
 
     Args:
         path: the ONNX file (``kws.stream.onnx`` / ``kws.stream.int8.onnx``).
@@ -228,7 +267,7 @@ class StreamingModel:
         if self.info.kind != KIND_STREAM or not self.info.states:
             raise ModelError(f"{path} is a {self.info.kind!r} model without recurrent state; the runtime "
                              "needs the streaming export (*.stream.onnx or *.stream.int8.onnx)")  # fmt: skip
-        self._output_names = [OUTPUT_SCORES, *(s.output for s in self.info.states)]
+        self._output_names = [self.info.output, *(s.output for s in self.info.states)]
         self._state_inputs = [s.input for s in self.info.states]
 
     def initial_states(self, lanes: int) -> list[np.ndarray]:
@@ -243,7 +282,8 @@ class StreamingModel:
             states: per :attr:`info.states`, float32 with ``lanes`` on the lane axis.
 
         Returns:
-            scores ``[lanes, k, n_labels]`` (per-frame posteriors) and the states after the k frames.
+            per-frame ``info.output`` (scores or logits) ``[lanes, k, n_labels]``, and the states after the
+            k frames.
         """
         feeds = dict(zip(self._state_inputs, states, strict=True))
         feeds[INPUT_AUDIO] = audio
@@ -255,7 +295,8 @@ class BoundStep:
     """Streaming calls on preallocated buffers (onnxruntime IO binding), for the steady state of a stream.
 
     The audio input is always ``audio`` (a fixed ``[1, context + k * hop]`` buffer the caller refills in
-    place), the scores land in :attr:`scores` (overwritten by every call) and the states alternate between two
+    place), the per-frame outputs (``info.output``: scores or logits) land in :attr:`outputs` (overwritten by
+    every call) and the states alternate between two
     preallocated buffers per state tensor (ping-pong), so a call allocates nothing. :attr:`states` are the
     current input states, which the caller may modify in place (lane resets).
 
@@ -267,7 +308,7 @@ class BoundStep:
         self.model = model
         self.audio = audio
         self.k = (audio.shape[1] - info.context_samples) // info.hop_samples
-        self.scores = np.zeros((lanes, self.k, len(info.labels)), dtype=np.float32)
+        self.outputs = np.zeros((lanes, self.k, len(info.labels)), dtype=np.float32)
         self._pairs = [(s.zeros(lanes), s.zeros(lanes)) for s in info.states]
         self._parity = 0
         self._check_shapes()
@@ -279,10 +320,10 @@ class BoundStep:
         return [pair[self._parity] for pair in self._pairs]
 
     def run(self) -> np.ndarray:
-        """One call on ``audio``; returns :attr:`scores` ``[lanes, k, n_labels]``."""
+        """One call on ``audio``; returns :attr:`outputs` ``[lanes, k, n_labels]``."""
         self.model.session.run_with_iobinding(self._bindings[self._parity])
         self._parity ^= 1
-        return self.scores
+        return self.outputs
 
     def run_other(self, audio: np.ndarray) -> np.ndarray:
         """One ordinary call on another audio length (end of a stream); the states advance the same way."""
@@ -303,7 +344,7 @@ class BoundStep:
             method(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
 
         bind(INPUT_AUDIO, self.audio, False)
-        bind(OUTPUT_SCORES, self.scores, True)
+        bind(self.model.info.output, self.outputs, True)
         for spec, pair in zip(self.model.info.states, self._pairs, strict=True):
             bind(spec.input, pair[parity], False)
             bind(spec.output, pair[1 - parity], True)
@@ -317,8 +358,8 @@ class BoundStep:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{info.path}: a streaming call failed: {detail}") from None
         problems = []
-        if scores.shape != self.scores.shape:
-            problems.append(f"{OUTPUT_SCORES} is {list(scores.shape)}, expected {list(self.scores.shape)} "
+        if scores.shape != self.outputs.shape:
+            problems.append(f"{info.output} is {list(scores.shape)}, expected {list(self.outputs.shape)} "
                             "[lanes, k, n_labels]")  # fmt: skip
         for spec, state, new in zip(info.states, self.states, new_states, strict=True):
             if new.shape != state.shape:

@@ -198,7 +198,13 @@ class LstmWeights:
         return np.log(p * p + np.float32(1e-3))
 
     def reference(self, feats: np.ndarray) -> np.ndarray:
-        """Posteriors ``[frames, labels]`` of a zero-state run over ``feats``."""
+        """Per-frame posteriors ``[frames, labels]`` of a zero-state run over ``feats``."""
+        logits = self.reference_logits(feats)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def reference_logits(self, feats: np.ndarray) -> np.ndarray:
+        """Per-frame logits ``[frames, labels]`` of a zero-state run over ``feats``."""
         sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
         x = feats.astype(np.float64)
         for layer in range(self.layers):
@@ -213,13 +219,15 @@ class LstmWeights:
                 h = sig(o) * np.tanh(c)
                 out.append(h)
             x = np.array(out)
-        logits = x @ self.head + self.head_b
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        return x @ self.head + self.head_b
 
 
-def make_lstm_model(path: Path, weights: LstmWeights) -> Path:
-    """A real streaming LSTM: frames from the whole window (context + new hops), per-lane LSTM states."""
+def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", pool_frames: int = 0) -> Path:
+    """A real streaming LSTM: frames from the whole window (context + new hops), per-lane LSTM states.
+
+    ``pooling="none"``: outputs per-frame softmax ``scores``; ``"last"``/``"mean"``: per-frame ``logits``
+    with that pooling (over ``pool_frames`` frames) in the metadata.
+    """
     hid, layers = weights.hidden, weights.layers
     nodes = [
         helper.make_node("Shape", [C.INPUT_AUDIO], ["a_shape"], start=1, end=2),
@@ -279,12 +287,24 @@ def make_lstm_model(path: Path, weights: LstmWeights) -> Path:
         _const("head", weights.head),
         helper.make_node("MatMul", ["y_t", "head"], ["logits0"]),
         _const("head_b", weights.head_b),
-        helper.make_node("Add", ["logits0", "head_b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], [C.OUTPUT_SCORES], axis=-1),
     ]
+    if pooling == "none":
+        nodes += [
+            helper.make_node("Add", ["logits0", "head_b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], [C.OUTPUT_SCORES], axis=-1),
+        ]
+    else:
+        nodes.append(helper.make_node("Add", ["logits0", "head_b"], [C.OUTPUT_LOGITS]))
     inputs, outputs = _io(hid, layers)
+    metadata = _metadata(hidden=hid, layers=layers)
+    if pooling != "none":
+        outputs[0] = helper.make_tensor_value_info(
+            C.OUTPUT_LOGITS, TensorProto.FLOAT, ["lanes", "k", "labels"]
+        )
+        metadata[C.META_POOLING] = pooling
+        metadata[C.META_POOL_FRAMES] = str(pool_frames)
     graph = helper.make_graph(nodes, "lstm", inputs, outputs)
-    return _save(graph, path, _metadata(hidden=hid, layers=layers))
+    return _save(graph, path, metadata)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,6 +329,31 @@ def lstm_weights() -> LstmWeights:
 @pytest.fixture(scope="module")
 def lstm_model(model_dir, lstm_weights) -> Path:
     return make_lstm_model(model_dir / "lstm.stream.onnx", lstm_weights)
+
+
+POOL_FRAMES = 12
+"""Frames a mean-pooled test model averages (a short "clip", so that pooling windows cross lane resets)."""
+
+
+@pytest.fixture(scope="module", params=["none", "last", "mean"])
+def any_lstm_model(request, model_dir, lstm_weights) -> tuple[Path, str]:
+    """The LSTM model with each kind of output: softmax scores, last-frame logits, mean-pooled logits."""
+    path = model_dir / f"lstm-{request.param}.stream.onnx"
+    if not path.exists():
+        make_lstm_model(path, lstm_weights, request.param, POOL_FRAMES)
+    return path, request.param
+
+
+def expected_posteriors(weights: LstmWeights, feats: np.ndarray, pooling: str) -> np.ndarray:
+    """What the engine must output for each frame of ``feats`` in a zero-state run from its first frame."""
+    logits = weights.reference_logits(feats)
+    if pooling == "mean":
+        sums = np.concatenate([np.zeros((1, logits.shape[1])), np.cumsum(logits, axis=0)])
+        ends = np.arange(1, len(logits) + 1)
+        counts = np.minimum(ends, POOL_FRAMES)
+        logits = (sums[ends] - sums[ends - counts]) / counts[:, None]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
 
 
 def plant(duration_s: float, events: list[tuple[float, float, str | float]], rate: int = RATE) -> np.ndarray:
@@ -388,6 +433,11 @@ class TestModelContract:
         with pytest.raises(ModelError, match="input 'h_in'"):
             StreamingModel(path)
 
+    def test_logits_without_pooling_metadata_is_named(self, tmp_path, lstm_weights):
+        path = make_lstm_model(tmp_path / "m.onnx", lstm_weights, pooling="median", pool_frames=5)
+        with pytest.raises(ModelError, match=r"kws\.pooling"):
+            StreamingModel(path)
+
     def test_whole_clip_model_is_refused_with_a_hint(self, tmp_path):
         meta = _metadata(kind="clip")
         with pytest.raises(ModelError, match="stream"):
@@ -434,12 +484,15 @@ def _engine_frames(model: Path, audio: np.ndarray, chunks: list[int], config: Sp
 class TestStreamingEngine:
     NO_RESET = SpotterConfig(lanes=1, reset_period_ms=0)
 
-    def test_single_state_matches_the_whole_sequence_reference(self, lstm_model, lstm_weights):
+    def test_single_state_matches_the_whole_sequence_reference(self, any_lstm_model, lstm_weights):
+        path, pooling = any_lstm_model
         audio = noise(1.3)
-        scores = _engine_frames(lstm_model, audio, [], self.NO_RESET)
-        reference = lstm_weights.reference(lstm_weights.features_of(audio))
+        scores = _engine_frames(path, audio, [], self.NO_RESET)
+        feats = lstm_weights.features_of(audio)
+        reference = expected_posteriors(lstm_weights, feats, pooling)
         assert scores.shape == reference.shape == (1 + (len(audio) - WINDOW) // HOP, len(LABELS))
         np.testing.assert_allclose(scores, reference, atol=1e-4)
+        assert StreamingModel(path).info.pooling == pooling
 
     def test_chunking_and_sample_format_do_not_change_the_frames(self, lstm_model):
         audio = noise(1.0, seed=1)
@@ -462,21 +515,25 @@ class TestStreamingEngine:
         ((first, scores),) = engine.flush()
         assert first == 0 and len(scores) == 3
 
-    @pytest.mark.parametrize(("lanes", "period_ms", "chunk_ms"), [(2, 800, 100), (3, 900, 60), (2, 700, 140)])
+    @pytest.mark.parametrize(
+        ("lanes", "period_ms", "chunk_ms"), [(2, 800, 100), (3, 900, 60), (2, 700, 140), (2, 400, 100)]
+    )
     def test_every_frame_is_read_from_the_lane_reset_longest_ago(
-        self, lstm_model, lstm_weights, lanes, period_ms, chunk_ms
+        self, any_lstm_model, lstm_weights, lanes, period_ms, chunk_ms
     ):
         """Each output frame equals a zero-state run started at the read lane's last reset, that context is
         never shorter than the guaranteed minimum (after the first resets) nor longer than one period."""
+        path, pooling = any_lstm_model
         config = SpotterConfig(lanes=lanes, reset_period_ms=period_ms, chunk_ms=chunk_ms)
-        engine = StreamEngine(StreamingModel(lstm_model), config)
+        engine = StreamEngine(StreamingModel(path), config)
         period, chunk = engine.period_frames, engine.chunk_frames
         assert period % chunk == 0 and period >= round(period_ms / 1000 / HOP_S)
         audio = noise(4.0, seed=3)
-        scores = _engine_frames(lstm_model, audio, [], config)
+        scores = _engine_frames(path, audio, [], config)
         feats = lstm_weights.features_of(audio)
         resets = [sorted({o + m * period for m in range(40)} - {0}) for o in engine.offsets]
         checked_min = False
+        from_start = {}  # reference runs by start frame
         for t in range(len(scores)):
             chunk_start = t - t % chunk
             last = [max([r for r in lane if r <= chunk_start], default=0) for lane in resets]
@@ -485,8 +542,11 @@ class TestStreamingEngine:
             if all(lane[0] <= chunk_start for lane in resets):
                 assert engine.min_context_frames <= context <= period
                 checked_min = True
-            ref = lstm_weights.reference(feats[start : t + 1])[-1]
-            np.testing.assert_allclose(scores[t], ref, atol=1e-4, err_msg=f"frame {t}")
+            if start not in from_start:
+                from_start[start] = expected_posteriors(lstm_weights, feats[start:], pooling)
+            np.testing.assert_allclose(
+                scores[t], from_start[start][t - start], atol=1e-4, err_msg=f"frame {t}"
+            )
         assert checked_min
 
     def test_two_lanes_of_two_seconds_always_hold_a_whole_word(self, level_model):
@@ -1007,6 +1067,8 @@ class TestListenCommand:
             (["--threshold", "yes=high"], "KEYWORD=VALUE"),
             (["--lanes", "2", "--reset-period-ms", "0"], "reset period"),
             (["--threads", "0"], "threads"),
+            (["--device", "USB"], "--device"),
+            (["--raw-rate", "44100"], "--input -"),
         ],
     )
     def test_user_mistakes_are_one_line_errors(self, level_model, planted_wav, capsys, args, message):
