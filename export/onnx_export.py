@@ -1,0 +1,408 @@
+"""PyTorch -> ONNX: the whole-clip model and the streaming step, with the MFCC front end inside the graph.
+
+Both graphs come from the dynamo exporter (``torch.onnx.export(..., dynamo=True)``): torchaudio's MFCC becomes
+an ONNX ``STFT`` (``n_fft`` is a power of two) followed by two MatMuls (mel filterbank, DCT), and ``nn.LSTM``
+becomes one ONNX ``LSTM`` per layer. The exported graph is then constant-folded (the exporter reorders the
+LSTM gate weights from PyTorch's ``i,f,g,o`` to ONNX's ``i,o,f,c`` at run time; folding turns them into plain
+initializers, which onnxruntime's quantizer needs), stripped of the exporter's per-node debug metadata
+(stack traces with local paths) and stamped with the kws metadata (:func:`model_metadata`).
+
+Streaming step, frame alignment: frame ``t`` of a stream covers samples ``[t*hop, t*hop + n_fft)``. A call
+with ``k`` new frames gets ``context + k*hop`` samples (``context = n_fft - hop``): the newest ``k`` hops
+preceded by the ``context`` samples before them, and computes exactly those ``k`` frames with one STFT (frame
+step = hop), so nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from kws import __version__
+from kws.checkpoint import atomic_write
+from kws.config import FeatureConfig, ModelConfig, to_dict
+from kws.constants import (
+    INPUT_AUDIO,
+    META_CLIP_SAMPLES,
+    META_EVALUATION,
+    META_FEATURE_CONFIG,
+    META_FORMAT,
+    META_FORMAT_VERSION,
+    META_HOP_SAMPLES,
+    META_KIND,
+    META_LABELS,
+    META_MODEL_CONFIG,
+    META_POOL_FRAMES,
+    META_POOLING,
+    META_QUANTIZATION,
+    META_SAMPLE_RATE,
+    META_STATE,
+    META_VERSION,
+    META_WINDOW_SAMPLES,
+    OUTPUT_LOGITS,
+    OUTPUT_SCORES,
+    STATE_C_IN,
+    STATE_C_OUT,
+    STATE_H_IN,
+    STATE_H_OUT,
+)
+from kws.errors import KWSError
+from kws.features import MFCCFrontend
+from kws.model import KWSModel
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 20
+"""Opset of the exported graphs (STFT needs 17+, the dynamo exporter's torchlib targets 18+)."""
+
+FOLD_SIZE_LIMIT = 1 << 26
+"""Largest tensor (elements) the constant folder may read or write: every LSTM weight must be folded."""
+
+LOG_MEL_OFFSET = 1e-6
+"""torchaudio's MFCC with ``log_mels=True`` takes ``log(mel + 1e-6)``."""
+
+KIND_CLIP, KIND_STREAM = "clip", "stream"
+LANES_DIM, BATCH_DIM, FRAMES_DIM = "lanes", "batch", "k"
+"""Names of the symbolic dimensions in the exported graphs."""
+
+QUANT_NONE = "none"
+
+
+class ExportError(KWSError):
+    """A checkpoint cannot be exported (e.g. an LSTM with projections, which ONNX's LSTM op lacks)."""
+
+
+class ClipScores(nn.Module):
+    """Whole-clip model: raw audio ``[batch, clip_samples]`` -> class probabilities ``[batch, n_labels]``.
+
+    The probabilities are the softmax of the clip's pooled logits (:meth:`KWSModel.classify`: the mean of the
+    per-frame logits, or the last frame's, per ``ModelConfig.pooling``).
+    """
+
+    def __init__(self, model: KWSModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model.classify(audio), dim=-1)
+
+
+class StreamFrontend(nn.Module):
+    """The model's MFCC front end for a streaming call: ``audio [1, context + k*hop]`` -> ``[1, k, n_mfcc]``.
+
+    The same arithmetic as the model's torchaudio MFCC (power spectrum, mel filterbank, ``log(mel + 1e-6)``,
+    DCT, then the fixed normalisation), with the same buffers, written so that the exporter can give the STFT
+    a symbolic frame count: torchaudio reads the shape of the complex STFT output, which the exporter cannot
+    translate, and takes the power as ``|X|`` squared (two ops) instead of ``re^2 + im^2``. The equivalence
+    is checked on every export (streaming scores vs whole-clip scores).
+    """
+
+    def __init__(self, frontend: MFCCFrontend) -> None:
+        super().__init__()
+        mfcc = frontend.mfcc
+        spectrogram = mfcc.MelSpectrogram.spectrogram
+        assumptions = {
+            "log_mels": mfcc.log_mels,
+            "power": spectrogram.power == 2.0,
+            "center": not spectrogram.center,
+            "pad": spectrogram.pad == 0,
+            "normalized": not spectrogram.normalized,
+            "onesided": spectrogram.onesided in (None, True),
+        }
+        broken = [name for name, ok in assumptions.items() if not ok]
+        if broken:
+            raise ExportError(
+                f"the model's MFCC front end changed ({', '.join(broken)}); the streaming export "
+                "in kws.export.onnx_export must be updated to match it"
+            )
+        self.n_fft, self.hop, self.win = spectrogram.n_fft, spectrogram.hop_length, spectrogram.win_length
+        self.register_buffer("window", spectrogram.window.detach().clone())
+        self.register_buffer("mel_fb", mfcc.MelSpectrogram.mel_scale.fb.detach().clone())  # [bins, n_mels]
+        self.register_buffer("dct", mfcc.dct_mat.detach().clone())  # [n_mels, n_mfcc]
+        self.register_buffer("mean", frontend.mean.detach().clone())
+        self.register_buffer("std", frontend.std.detach().clone())
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            audio,
+            self.n_fft,
+            self.hop,
+            self.win,
+            self.window,
+            center=False,
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        parts = torch.view_as_real(spec)  # [1, bins, k, 2]
+        power = (parts * parts).sum(-1)  # [1, bins, k]
+        mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # [1, k, n_mels]
+        mfcc = torch.matmul(torch.log(mel + LOG_MEL_OFFSET), self.dct)
+        return (mfcc - self.mean) / self.std
+
+
+class StreamStep(nn.Module):
+    """One streaming call: the newest ``k`` hops of audio (plus context) and the LSTM state of every lane.
+
+    Shapes:
+        audio: float32 ``[1, context_samples + k*hop_samples]`` (``k >= 1``): the ``k`` new frames are the
+            ones that end in these samples.
+        h_in: ``[layers, lanes, output_size]``; c_in: ``[layers, lanes, hidden_size]``. Lanes are independent
+            LSTM states over the same audio; the features are computed once and broadcast to every lane.
+        returns: logits ``[lanes, k, n_labels]`` (raw per-frame logits of the new frames; a clip's scores are
+            the softmax of their pool over the clip's frames, see ``META_POOLING``), h_out, c_out (shapes of
+            h_in, c_in).
+    """
+
+    def __init__(self, model: KWSModel) -> None:
+        super().__init__()
+        self.model = model
+        self.frontend = StreamFrontend(model.frontend)
+
+    def forward(
+        self, audio: torch.Tensor, h_in: torch.Tensor, c_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.frontend(audio).expand(h_in.shape[1], -1, -1)
+        out, (h_out, c_out) = self.model.lstm(feats, (h_in, c_in))
+        return self.model.head(out), h_out, c_out
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise ExportError for models the ONNX LSTM op cannot express."""
+    if config.proj_size:
+        raise ExportError(
+            f"this checkpoint's LSTM has proj_size={config.proj_size}; ONNX's LSTM op has no projection, "
+            "so it cannot be exported (train with proj_size=0)"
+        )
+
+
+def state_spec(config: ModelConfig) -> list[dict[str, Any]]:
+    """The streaming model's recurrent state (the ``META_STATE`` entry)."""
+    return [
+        {
+            "input": STATE_H_IN,
+            "output": STATE_H_OUT,
+            "shape": [config.num_layers, LANES_DIM, config.output_size],
+        },
+        {
+            "input": STATE_C_IN,
+            "output": STATE_C_OUT,
+            "shape": [config.num_layers, LANES_DIM, config.hidden_size],
+        },
+    ]
+
+
+def model_metadata(
+    features: FeatureConfig,
+    model: ModelConfig,
+    labels: list[str],
+    kind: str,
+    evaluation: Mapping[str, Any] | None = None,
+    quantization: str = QUANT_NONE,
+) -> dict[str, str]:
+    """The kws ``metadata_props`` of an exported file (keys in :mod:`kws.constants`)."""
+    return {
+        META_FORMAT: META_FORMAT_VERSION,
+        META_KIND: kind,
+        META_LABELS: json.dumps(list(labels)),
+        META_SAMPLE_RATE: str(features.sample_rate),
+        META_CLIP_SAMPLES: str(features.clip_samples),
+        META_WINDOW_SAMPLES: str(features.n_fft),
+        META_HOP_SAMPLES: str(features.hop_samples),
+        META_POOLING: model.pooling,
+        META_POOL_FRAMES: str(features.num_frames(features.clip_samples)),
+        META_FEATURE_CONFIG: json.dumps(to_dict(features), sort_keys=True),
+        META_MODEL_CONFIG: json.dumps(to_dict(model), sort_keys=True),
+        META_STATE: json.dumps(state_spec(model) if kind == KIND_STREAM else []),
+        META_EVALUATION: json.dumps(dict(evaluation or {}), sort_keys=True, default=str),
+        META_QUANTIZATION: quantization,
+        META_VERSION: __version__,
+    }
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Replace the model-level ``metadata_props`` entries named in ``metadata`` (others are kept)."""
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=str(value))
+
+
+def read_metadata(source: str | Path | onnx.ModelProto) -> dict[str, str]:
+    """The model-level ``metadata_props`` of an ONNX file (weights not loaded) or model."""
+    proto = (
+        source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
+    )
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def make_readable(path: Path) -> None:
+    """Give a file the permissions a new file gets under the current umask (temporary files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Atomically write ``proto`` to ``path`` (a temporary file in the same folder, then ``os.replace``)."""
+
+    def write(tmp: Path) -> None:
+        onnx.save_model(proto, str(tmp))
+        make_readable(tmp)
+
+    atomic_write(Path(path), write)
+
+
+def _strip_debug_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node/per-value metadata (FX node text, stack traces with local paths)."""
+    graph = proto.graph
+    for node in graph.node:
+        del node.metadata_props[:]
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        del value.metadata_props[:]
+    del graph.metadata_props[:]
+
+
+def _set_dims(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        if isinstance(d, str):
+            shape.dim.add().dim_param = d
+        else:
+            shape.dim.add().dim_value = d
+
+
+def _finish(proto: onnx.ModelProto, outputs: Mapping[str, list[int | str]]) -> onnx.ModelProto:
+    """Constant-fold, strip debug metadata, declare the output shapes and re-infer the inner ones.
+
+    The declared shapes matter for the streaming step: PyTorch's meta kernel of ``aten.lstm`` gives its output
+    the example's frame count, so the exporter would declare ``logits`` with a fixed ``k``. The inner
+    ``value_info`` is dropped and recomputed by ONNX shape inference, which derives it from the LSTM op.
+    """
+    import onnxscript.optimizer
+
+    proto = onnxscript.optimizer.optimize(
+        proto, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT
+    )
+    _strip_debug_metadata(proto)
+    del proto.graph.value_info[:]
+    for value in proto.graph.output:
+        if value.name in outputs:
+            _set_dims(value, outputs[value.name])
+    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    proto.producer_name, proto.producer_version = "kws", __version__
+    return proto
+
+
+def _reset_lstm_dispatch_cache() -> None:
+    """Work around stale dispatch caching in PyTorch's exporter (seen with torch 2.14).
+
+    For dynamic shapes the ONNX exporter swaps a while_loop decomposition into ``aten.lstm.input``'s Python
+    kernels and restores the original afterwards, but the operator's ``_dispatch_cache`` keeps the kernel
+    resolved during the previous export. A second export with a symbolic frame count in the same process then
+    traces the Python-loop LSTM decomposition and fails ("stack expects each tensor to be equal size").
+    Clearing the cache makes every export behave like the first one.
+    """
+    cache = getattr(torch.ops.aten.lstm.input, "_dispatch_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    dynamic_shapes: dict[str, Any],
+    input_names: list[str],
+    output_names: list[str],
+) -> onnx.ModelProto:
+    module.eval()
+    _reset_lstm_dispatch_cache()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=ONNX_OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    if program is None:  # pragma: no cover - dynamo=True always returns an ONNXProgram
+        raise ExportError("the ONNX exporter returned no program")
+    return program.model_proto
+
+
+def _quiet_exporter() -> None:
+    """The dynamo exporter prints progress lines through the ``torch.onnx`` loggers; keep them at WARNING."""
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"):
+        if logging.getLogger(name).level < logging.WARNING:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def export_clip_model(
+    model: KWSModel,
+    labels: list[str],
+    evaluation: Mapping[str, Any] | None = None,
+) -> onnx.ModelProto:
+    """The whole-clip ONNX model (in memory): ``audio [batch, clip_samples]`` -> ``scores [batch, C]``."""
+    check_exportable(model.config)
+    _quiet_exporter()
+    features = model.feature_config
+    example = torch.zeros(2, features.clip_samples)
+    batch = torch.export.Dim(BATCH_DIM, min=1)
+    proto = _export(ClipScores(model), (example,), {"audio": {0: batch}}, [INPUT_AUDIO], [OUTPUT_SCORES])
+    proto = _finish(proto, {OUTPUT_SCORES: [BATCH_DIM, model.config.n_labels]})
+    set_metadata(proto, model_metadata(features, model.config, labels, KIND_CLIP, evaluation))
+    return proto
+
+
+def export_stream_model(
+    model: KWSModel,
+    labels: list[str],
+    evaluation: Mapping[str, Any] | None = None,
+) -> onnx.ModelProto:
+    """The streaming-step ONNX model (in memory), see :class:`StreamStep` for its inputs and outputs."""
+    check_exportable(model.config)
+    _quiet_exporter()
+    features, config = model.feature_config, model.config
+    example_k, example_lanes = 3, 2  # any values > 1 (1 would be specialised as a constant)
+    audio = torch.zeros(1, features.context_samples + example_k * features.hop_samples)
+    h, c = model.initial_state(example_lanes)
+    k = torch.export.Dim(FRAMES_DIM, min=1)
+    lanes = torch.export.Dim(LANES_DIM, min=1)
+    dynamic = {
+        "audio": {1: features.hop_samples * k + features.context_samples},
+        "h_in": {1: lanes},
+        "c_in": {1: lanes},
+    }
+    proto = _export(
+        StreamStep(model),
+        (audio, h, c),
+        dynamic,
+        [INPUT_AUDIO, STATE_H_IN, STATE_C_IN],
+        [OUTPUT_LOGITS, STATE_H_OUT, STATE_C_OUT],
+    )
+    proto = _finish(
+        proto,
+        {
+            OUTPUT_LOGITS: [LANES_DIM, FRAMES_DIM, config.n_labels],
+            STATE_H_OUT: [config.num_layers, LANES_DIM, config.output_size],
+            STATE_C_OUT: [config.num_layers, LANES_DIM, config.hidden_size],
+        },
+    )
+    set_metadata(proto, model_metadata(features, config, labels, KIND_STREAM, evaluation))
+    return proto

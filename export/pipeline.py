@@ -1,0 +1,565 @@
+"""``export_checkpoint``: checkpoint -> four checked ONNX files (the library behind ``kws export``).
+
+Steps: validate the inputs (checkpoint, output folder, data folders) before any slow work; export the float
+whole-clip and streaming models; make the int8 variants; run every check of :mod:`kws.export.checks`; choose
+the int8 variant to ship; then install the files.
+
+Nothing is written at the final names until every file exists and every check passed: the files are made in
+a private staging folder inside the output folder and moved into place with ``os.replace`` (atomic per file).
+If a check fails, the staged files and the report go to ``DIR/NAME.rejected/`` instead, and the good files
+already in ``DIR`` are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kws.export import checks as ck
+from kws.export.onnx_export import (
+    ExportError,
+    check_exportable,
+    export_clip_model,
+    export_stream_model,
+    make_readable,
+    save_model,
+)
+from kws.export.quantize import (
+    QUANT_DYNAMIC,
+    QUANT_STATIC,
+    ClipCalibrationReader,
+    StreamCalibrationReader,
+    quantize_dynamic_model,
+    quantize_static_model,
+)
+
+from kws.audio import int16_to_float
+from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
+from kws.config import DataConfig, RunConfig
+from kws.data import DataError, build_split, detect_layout, load_corpus
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME = "kws"
+QUANT_AUTO, QUANT_BOTH, QUANT_NONE = "auto", "both", "none"
+QUANTIZATION_CHOICES: tuple[str, ...] = (QUANT_AUTO, QUANT_DYNAMIC, "static", QUANT_BOTH, QUANT_NONE)
+
+CALIBRATION_CLIPS = 200
+"""Default number of real clips calibrating the static quantization (spread over the classes)."""
+
+PARITY_CLIPS = 24
+"""Clips in the float parity and streaming checks (real clips when a data folder is given)."""
+
+REFERENCE_CLIPS = 2
+"""Clips run through the (slow, pure-Python) ONNX reference evaluator."""
+
+CHOICE_MARGIN = 0.25
+"""Accuracy (or top-1 agreement) difference, in points, below which two int8 variants count as equal."""
+
+CHOICE_SPEEDUP = 0.9
+"""Static QDQ is shipped on equal quality only if its streaming call takes less than this times dynamic's."""
+
+EVAL_SEED_OFFSET = 0
+SYNTHETIC_SEED = 1234
+
+
+@dataclass(frozen=True)
+class ExportPaths:
+    """The four files of an export (``NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx``, ...)."""
+
+    clip: Path
+    stream: Path
+    clip_int8: Path
+    stream_int8: Path
+
+    @classmethod
+    def under(cls, folder: Path, name: str) -> ExportPaths:
+        return cls(
+            folder / f"{name}.onnx",
+            folder / f"{name}.stream.onnx",
+            folder / f"{name}.int8.onnx",
+            folder / f"{name}.stream.int8.onnx",
+        )
+
+    def existing(self) -> list[Path]:
+        return [p for p in (self.clip, self.stream, self.clip_int8, self.stream_int8) if p.exists()]
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` made, measured and decided.
+
+    Attributes:
+        passed: every check passed (files installed at ``paths``); False: the files are in ``rejected_dir``.
+        paths: the final paths of the files (present only when ``passed``).
+        quantization: the int8 variant shipped as ``NAME.int8.onnx`` (``"dynamic"``/``"static-qdq"``), or
+            ``"none"``.
+        reason: why that variant was chosen.
+        checks: every check, in the order run.
+        rows: the comparison table (PyTorch, ONNX fp32, each int8 variant).
+        report_path: the JSON report.
+    """
+
+    passed: bool
+    paths: ExportPaths
+    quantization: str
+    reason: str
+    checks: list[ck.Check] = field(default_factory=list)
+    rows: list[ck.ModelRow] = field(default_factory=list)
+    report_path: Path | None = None
+    rejected_dir: Path | None = None
+    threads: int = 1
+
+    def format(self) -> str:
+        """The printed report: the check table, then the comparison table, then the decision."""
+        lines = [ck.format_checks(self.checks), "", ck.format_models(self.rows, self.threads), ""]
+        lines.append(f"int8 shipped: {self.quantization} ({self.reason})")
+        if self.passed:
+            lines.append("all checks passed; wrote " + ", ".join(str(p) for p in self.paths.existing()))
+        else:
+            failed = sum(c.passed is False for c in self.checks)
+            lines.append(
+                f"{failed} check(s) FAILED: nothing installed; the files and the report are in "
+                f"{self.rejected_dir}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled (or unlabelled) float32 clips ``[n, clip_samples]``."""
+
+    audio: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and make sure a file can be created in it (ExportError otherwise)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kws-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ExportError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+
+
+def _data_config(config: RunConfig, root: Path | str) -> DataConfig:
+    root = Path(root).expanduser()
+    detect_layout(root)  # raises DataError naming the problem (missing, not a folder, not Speech Commands)
+    return replace(config.data, roots=(str(root),))
+
+
+def load_clips(
+    config: RunConfig, labels: list[str], root: Path | str, split: str, limit: int, seed: int
+) -> EvalSet:
+    """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of a Speech Commands folder.
+
+    Read with :mod:`kws.data` (the checkpoint's DataConfig, its labels; words outside them are ``_unknown_``).
+    With ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded).
+    """
+    from kws.dataset import load_noises, load_split
+
+    data_config = _data_config(config, root)
+    corpus = load_corpus(data_config)
+    splits = ("train", "validation", "test") if split == "all" else (split,)
+    examples = [e for s in splits for e in build_split(corpus, labels, s, data_config, seed)]
+    if not examples and split != "all":
+        logger.warning("%s has no %s clips for these labels; using every split", root, split)
+        examples = [
+            e
+            for s in ("train", "validation", "test")
+            for e in build_split(corpus, labels, s, data_config, seed)
+        ]
+    if not examples:
+        raise DataError(f"{root} holds no clips of the labels {', '.join(labels)}")
+    if 0 < limit < len(examples):
+        rng = np.random.default_rng(seed)
+        by_label: dict[int, list[int]] = {}
+        for i in rng.permutation(len(examples)):
+            by_label.setdefault(examples[i].label, []).append(int(i))
+        order = [i for group in zip(*_padded(list(by_label.values())), strict=True) for i in group if i >= 0]
+        examples = [examples[i] for i in sorted(order[:limit])]
+    noises = load_noises(corpus, config.features.sample_rate) if any(e.path is None for e in examples) else []
+    data = load_split(
+        examples,
+        corpus,
+        noises,
+        config.features.sample_rate,
+        config.features.clip_samples,
+        desc=f"reading {split} clips",
+    )
+    if len(data) == 0:
+        raise DataError(f"no readable clips in {root}")
+    return EvalSet(int16_to_float(data.audio), data.labels, f"{root} ({split}, {len(data)} clips)")
+
+
+def _padded(groups: list[list[int]]) -> list[list[int]]:
+    longest = max(len(g) for g in groups)
+    return [g + [-1] * (longest - len(g)) for g in groups]
+
+
+def synthetic_clips(
+    clip_samples: int, sample_rate: int, count: int, seed: int = SYNTHETIC_SEED
+) -> np.ndarray:
+    """float32 ``[count, clip_samples]``: noise at several levels, tones, chirps, bursts and near-silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(clip_samples) / sample_rate
+    clips = []
+    for i in range(count):
+        kind = i % 5
+        if kind == 0:
+            clip = rng.standard_normal(clip_samples) * 10 ** rng.uniform(-3, -0.7)
+        elif kind == 1:
+            clip = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t)
+        elif kind == 2:
+            f0, f1 = rng.uniform(100, 1000), rng.uniform(1000, 6000)
+            clip = 0.3 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / 2))
+        elif kind == 3:
+            clip = rng.standard_normal(clip_samples) * 1e-4
+            start = rng.integers(0, clip_samples // 2)
+            clip[start : start + clip_samples // 4] += rng.standard_normal(clip_samples // 4) * 0.3
+        else:
+            clip = rng.standard_normal(clip_samples) * 1e-5
+        clips.append(clip)
+    return np.clip(np.stack(clips), -1, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- decision
+
+
+def choose_quantization(metrics: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """Pick the int8 variant to ship from measured quality and speed.
+
+    Quality is the streaming int8 model's accuracy on labelled data when given (the runtime runs that model),
+    else its top-1 agreement with the float whole-clip model on the parity clips. Dynamic is the default;
+    static QDQ is shipped only if it passes its checks and is better by more than CHOICE_MARGIN points, or
+    equal within the margin and faster per streaming call by the factor CHOICE_SPEEDUP.
+    """
+    if len(metrics) == 1:
+        ((name, m),) = metrics.items()
+        return name, "the only variant made" + ("" if m["passed"] else " (it fails a check)")
+    dyn, sta = metrics[QUANT_DYNAMIC], metrics[QUANT_STATIC]
+    if dyn["passed"] != sta["passed"]:
+        winner = QUANT_DYNAMIC if dyn["passed"] else QUANT_STATIC
+        return winner, "the other variant fails a check"
+    what = "streaming accuracy" if dyn.get("accuracy") is not None else "streaming top-1 agreement with fp32"
+    q_dyn = 100 * (dyn["accuracy"] if dyn.get("accuracy") is not None else dyn["agreement"])
+    q_sta = 100 * (sta["accuracy"] if sta.get("accuracy") is not None else sta["agreement"])
+    speed = sta["stream_us"] / dyn["stream_us"]
+    summary = (
+        f"{what} {q_dyn:.2f} vs {q_sta:.2f} points, streaming call {dyn['stream_us']:.0f} vs "
+        f"{sta['stream_us']:.0f} us (dynamic vs static)"
+    )
+    if q_sta > q_dyn + CHOICE_MARGIN:
+        return QUANT_STATIC, f"static is more accurate: {summary}"
+    if q_sta >= q_dyn - CHOICE_MARGIN and speed < CHOICE_SPEEDUP:
+        return QUANT_STATIC, f"static is as accurate and faster: {summary}"
+    return QUANT_DYNAMIC, f"static is not measurably better: {summary}"
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str = DEFAULT_NAME,
+    calibration: str | Path | None = None,
+    data: str | Path | None = None,
+    split: str = "test",
+    quantization: str = QUANT_AUTO,
+    calibration_clips: int = CALIBRATION_CLIPS,
+    eval_clips: int = 0,
+    threads: int = 1,
+    timing: bool = True,
+) -> ExportResult:
+    """Export ``checkpoint`` to ``out_dir``: float and int8, whole-clip and streaming, all checked.
+
+    Args:
+        name: file stem: ``NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx``, ``NAME.stream.int8.onnx``.
+        calibration: Speech Commands folder whose training clips calibrate the static quantization (and serve
+            as real parity clips when ``data`` is not given).
+        data: Speech Commands folder whose ``split`` clips measure accuracy (PyTorch, fp32, int8).
+        quantization: ``auto`` (both when ``calibration`` is given, else dynamic), ``dynamic``, ``static``,
+            ``both`` (make both, ship the better one) or ``none`` (float files only).
+        calibration_clips, eval_clips: clip limits (``eval_clips=0``: the whole split).
+        threads: intra-op threads for the latency measurements.
+        timing: measure latencies (the tests turn this off).
+
+    Raises:
+        KWSError (CheckpointError, DataError, ExportError): bad inputs, before any slow work.
+    """
+    if quantization not in QUANTIZATION_CHOICES:
+        raise ExportError(
+            f"unknown quantization {quantization!r} (choose from {', '.join(QUANTIZATION_CHOICES)})"
+        )
+    if quantization == "static" and calibration is None:
+        raise ExportError("static quantization needs calibration clips: add --calibration DATA")
+    if quantization == QUANT_BOTH and calibration is None:
+        raise ExportError("--quantization both makes a static variant, which needs --calibration DATA")
+    if threads < 1 or calibration_clips < 1 or eval_clips < 0:
+        raise ExportError("need threads >= 1, calibration clips >= 1 and eval clips >= 0")
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"invalid file name stem {name!r}")
+    out_dir = Path(out_dir).expanduser()
+    model, labels, payload = model_from_checkpoint(checkpoint)
+    config = run_config(payload)
+    check_exportable(config.model)
+    for root in (calibration, data):
+        if root is not None:
+            _data_config(config, root)
+    check_output_dir(out_dir)
+    if quantization == QUANT_AUTO:
+        quantization = QUANT_BOTH if calibration is not None else QUANT_DYNAMIC
+    variants = {
+        QUANT_BOTH: [QUANT_DYNAMIC, QUANT_STATIC],
+        QUANT_DYNAMIC: [QUANT_DYNAMIC],
+        "static": [QUANT_STATIC],
+        QUANT_NONE: [],
+    }[quantization]
+
+    seed = config.train.seed + EVAL_SEED_OFFSET
+    features = config.features
+    evaluation = payload.get("evaluation")
+    eval_set = load_clips(config, labels, data, split, eval_clips, seed) if data is not None else None
+    calib_set = (
+        load_clips(config, labels, calibration, "train", calibration_clips, seed)
+        if calibration is not None
+        else None
+    )
+    real = eval_set if eval_set is not None else calib_set
+    if real is not None:
+        parity = real.audio[np.unique(np.linspace(0, len(real.audio) - 1, PARITY_CLIPS).round().astype(int))]
+        parity_source = real.source
+    else:
+        parity = synthetic_clips(features.clip_samples, features.sample_rate, PARITY_CLIPS)
+        parity_source = "synthetic clips"
+    logger.info("parity clips: %s", parity_source)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
+    try:
+        result = _export_in(
+            staging,
+            model,
+            labels,
+            config,
+            evaluation,
+            variants,
+            parity,
+            eval_set,
+            calib_set,
+            name,
+            threads,
+            timing,
+        )
+        return _install(result, staging, out_dir, name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_in(
+    staging: Path,
+    model: Any,
+    labels: list[str],
+    config: RunConfig,
+    evaluation: Any,
+    variants: list[str],
+    parity: np.ndarray,
+    eval_set: EvalSet | None,
+    calib_set: EvalSet | None,
+    name: str,
+    threads: int,
+    timing: bool,
+) -> ExportResult:
+    features = config.features
+    ctx, hop = features.context_samples, features.hop_samples
+    pooling = config.model.pooling
+    staged = ExportPaths.under(staging, name)
+    logger.info("exporting the whole-clip model")
+    save_model(export_clip_model(model, labels, evaluation), staged.clip)
+    logger.info("exporting the streaming model")
+    save_model(export_stream_model(model, labels, evaluation), staged.stream)
+
+    candidates: dict[str, ExportPaths] = {}
+    for variant in variants:
+        paths = ExportPaths.under(staging / variant, name)
+        paths.clip.parent.mkdir()
+        logger.info("int8 %s quantization", variant)
+        if variant == QUANT_DYNAMIC:
+            quantize_dynamic_model(staged.clip, paths.clip_int8)
+            quantize_dynamic_model(staged.stream, paths.stream_int8)
+        else:
+            assert calib_set is not None
+            quantize_static_model(staged.clip, paths.clip_int8, ClipCalibrationReader(calib_set.audio))
+            reader = StreamCalibrationReader(staged.stream, calib_set.audio, ctx, hop)
+            quantize_static_model(staged.stream, paths.stream_int8, reader)
+        candidates[variant] = paths
+
+    logger.info("checking")
+    checks: list[ck.Check] = []
+    for path in (
+        staged.clip,
+        staged.stream,
+        *(p for c in candidates.values() for p in (c.clip_int8, c.stream_int8)),
+    ):
+        checks.extend(ck.check_structure(path))
+
+    clip_fp32 = ck.session(staged.clip, threads)
+    stream_fp32 = ck.session(staged.stream, threads)
+    torch_parity = ck.torch_clip_scores(model, parity)
+    onnx_parity = ck.onnx_clip_scores(clip_fp32, parity)
+    checks.extend(
+        ck.compare_scores("fp32 parity", f"{staged.clip.name} vs PyTorch", onnx_parity, torch_parity)
+    )
+    checks.extend(ck.check_streaming(stream_fp32, onnx_parity, parity, ctx, hop, pooling, staged.stream.name))
+    checks.append(ck.check_reference(staged.clip, {"audio": parity[:REFERENCE_CLIPS]}))
+    checks.append(ck.check_reference(staged.stream, ck.stream_feeds(staged.stream, parity[0], ctx, hop)))
+
+    labelled = eval_set is not None and eval_set.labels is not None
+    rows = [
+        ck.ModelRow("PyTorch", "checkpoint", agreement=1.0),
+        ck.ModelRow(
+            "ONNX fp32",
+            staged.clip.name,
+            size_bytes=staged.clip.stat().st_size,
+            stream_size_bytes=staged.stream.stat().st_size,
+            agreement=float((onnx_parity.argmax(1) == torch_parity.argmax(1)).mean()),
+        ),
+    ]
+    if labelled:
+        rows[0].accuracy = ck.accuracy(ck.torch_clip_scores(model, eval_set.audio), eval_set.labels)
+        rows[1].accuracy = ck.accuracy(ck.onnx_clip_scores(clip_fp32, eval_set.audio), eval_set.labels)
+        rows[1].stream_accuracy = ck.accuracy(
+            ck.stream_scores(stream_fp32, eval_set.audio, ctx, hop, pooling), eval_set.labels
+        )
+    if timing:
+        rows[0].clip_ms = 1e3 * ck.clip_latency_torch(model, parity[0], threads)
+        rows[1].clip_ms = 1e3 * ck.clip_latency_onnx(clip_fp32, parity[0])
+        rows[1].stream_us = 1e6 * ck.stream_call_latency(stream_fp32, ctx, hop)
+
+    metrics: dict[str, dict[str, Any]] = {}
+    for variant, paths in candidates.items():
+        clip_q, stream_q = ck.session(paths.clip_int8, threads), ck.session(paths.stream_int8, threads)
+        q_parity = ck.onnx_clip_scores(clip_q, parity)
+        q_stream_parity = ck.stream_scores(stream_q, parity, ctx, hop, pooling)
+        row = ck.ModelRow(
+            f"ONNX int8 {variant}",
+            paths.clip_int8.name,
+            size_bytes=paths.clip_int8.stat().st_size,
+            stream_size_bytes=paths.stream_int8.stat().st_size,
+            agreement=float((q_parity.argmax(1) == torch_parity.argmax(1)).mean()),
+        )
+        if labelled:
+            row.accuracy = ck.accuracy(ck.onnx_clip_scores(clip_q, eval_set.audio), eval_set.labels)
+            row.stream_accuracy = ck.accuracy(
+                ck.stream_scores(stream_q, eval_set.audio, ctx, hop, pooling), eval_set.labels
+            )
+        if timing:
+            row.clip_ms = 1e3 * ck.clip_latency_onnx(clip_q, parity[0])
+            row.stream_us = 1e6 * ck.stream_call_latency(stream_q, ctx, hop)
+        rows.append(row)
+        variant_checks = ck.check_int8(
+            f"int8 {variant} clip", staged.clip, paths.clip_int8, rows[1].accuracy, row.accuracy
+        )
+        variant_checks += ck.check_int8(
+            f"int8 {variant} stream",
+            staged.stream,
+            paths.stream_int8,
+            rows[1].stream_accuracy,
+            row.stream_accuracy,
+        )
+        deviation = float(np.abs(q_stream_parity - q_parity).max())
+        variant_checks.append(
+            ck.Check(
+                f"int8 {variant}: streaming vs whole clip",
+                paths.stream_int8.name,
+                f"max |diff| {deviation:.2e}, top-1 agree "
+                f"{float((q_stream_parity.argmax(1) == q_parity.argmax(1)).mean()):.0%}",
+                "informative",
+                None,
+            )
+        )
+        checks.extend(variant_checks)
+        metrics[variant] = {
+            "passed": all(c.passed is not False for c in variant_checks),
+            "accuracy": row.stream_accuracy,  # the streaming model is what the runtime runs
+            "agreement": float((q_stream_parity.argmax(1) == onnx_parity.argmax(1)).mean()),
+            "stream_us": row.stream_us if row.stream_us is not None else float("nan"),
+        }
+
+    if metrics:
+        chosen, reason = choose_quantization(metrics)
+    else:
+        chosen, reason = QUANT_NONE, "--quantization none"
+    if chosen != QUANT_NONE:
+        shutil.copyfile(candidates[chosen].clip_int8, staged.clip_int8)
+        shutil.copyfile(candidates[chosen].stream_int8, staged.stream_int8)
+    passed = all(c.passed is not False for c in checks)
+    return ExportResult(
+        passed=passed,
+        paths=staged,
+        quantization=chosen,
+        reason=reason,
+        checks=checks,
+        rows=rows,
+        threads=threads,
+    )
+
+
+def _report(result: ExportResult, paths: ExportPaths) -> dict[str, Any]:
+    return {
+        "passed": result.passed,
+        "quantization": result.quantization,
+        "reason": result.reason,
+        "files": {k: str(v) for k, v in vars(paths).items() if v.exists()},
+        "checks": [vars(c) | {"status": c.status} for c in result.checks],
+        "models": [vars(r) for r in result.rows],
+    }
+
+
+def _install(result: ExportResult, staging: Path, out_dir: Path, name: str) -> ExportResult:
+    """Move the staged files to their final names (all checks passed) or to ``NAME.rejected/``."""
+    staged = result.paths
+    final = ExportPaths.under(out_dir, name)
+    pairs = [(s, f) for s, f in zip(vars(staged).values(), vars(final).values(), strict=True) if s.exists()]
+    if result.passed:
+        made = {f for _, f in pairs}
+        for path in vars(
+            final
+        ).values():  # e.g. int8 files of an earlier export, now made with --quantization none
+            if path not in made and path.exists():
+                logger.warning("%s is from an earlier export (this one made no such file)", path)
+        for src, dst in pairs:
+            os.replace(src, dst)
+        result.paths = final
+        result.report_path = out_dir / f"{name}.export.json"
+    else:
+        rejected = out_dir / f"{name}.rejected"
+        if rejected.exists():
+            shutil.rmtree(rejected)
+        rejected.mkdir()
+        for src, _ in pairs:
+            os.replace(src, rejected / src.name)
+        result.paths = ExportPaths.under(rejected, name)
+        result.rejected_dir = rejected
+        result.report_path = rejected / f"{name}.export.json"
+    report = json.dumps(_report(result, result.paths), indent=2, default=str)
+    atomic_write(result.report_path, lambda tmp: (tmp.write_text(report), make_readable(tmp)))
+    return result
