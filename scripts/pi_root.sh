@@ -22,13 +22,17 @@
 #  - onnxruntime reads /proc/cpuinfo and /sys/devices/system/cpu/{possible,present} to size its thread pool and
 #    pick kernels; under emulation the host's x86 answers make it crash, so ROOT holds a Raspberry Pi 4 (4x
 #    Cortex-A72) cpuinfo and CPU lists as plain files, which qemu serves thanks to -L.
+#  - qemu emulates a Cortex-A72 (the Pi 4's core: ARMv8.0, no dot-product or int8-matrix instructions), not
+#    its default "max" CPU: onnxruntime picks its int8 kernels by CPU features, and under "max" it takes
+#    ones a Pi 4 never runs (and whose int8 results came out far from the float model's); with the A72 the
+#    kernels, and the results, are a Pi 4's.
 #  - wheels come from the host's pip with `--only-binary=:all:` and one `--platform` per manylinux tag that
 #    bookworm's glibc 2.36 accepts (manylinux_2_36_aarch64 down to manylinux2014_aarch64; pip does not expand
 #    them itself), i.e. what `pip install kws` would pick on the Pi.
 #
-# Settings (environment): KWS_PI_ROOT, KWS_PI_MIRROR (Debian mirror; default: the host's apt mirror, else
-# deb.debian.org), KWS_PI_PYTHON (host python whose pip downloads wheels; default: the checkout's .venv, else
-# python3). Needs: debootstrap, qemu-user-static, dpkg-deb (see .ci/install-system.sh), network to the Debian
+# Settings (environment): KWS_PI_ROOT, KWS_PI_CPU (qemu CPU model, default cortex-a72), KWS_PI_MIRROR (Debian
+# mirror; default: the host's apt mirror, else deb.debian.org), KWS_PI_PYTHON (host python whose pip downloads
+# wheels; default: the checkout's .venv, else python3). Needs: debootstrap, qemu-user-static, dpkg-deb (see .ci/install-system.sh), network to the Debian
 # mirror and PyPI for the first build only.
 set -euo pipefail
 
@@ -41,6 +45,7 @@ PY_VERSION=3.11                      # bookworm's python3
 GLIBC_MINOR=36                       # bookworm's glibc is 2.36
 STAMPS="$ROOT/.kws"
 QEMU=qemu-aarch64-static
+CPU="${KWS_PI_CPU:-cortex-a72}"       # the Raspberry Pi 4's core; see the header
 
 log() { echo "pi_root: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -236,7 +241,7 @@ cmd_run() {
     exec env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
         PYTHONPATH=/opt/kws:/opt/site PYTHONDONTWRITEBYTECODE=1 \
         ${PULSE_SERVER:+PULSE_SERVER=$PULSE_SERVER} \
-        "$QEMU" -L "$ROOT" "$ROOT$cmd" "$@"
+        "$QEMU" -cpu "$CPU" -L "$ROOT" "$ROOT$cmd" "$@"
 }
 
 case "${1:-}" in

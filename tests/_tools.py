@@ -65,15 +65,29 @@ def run_checked(command: list[str], timeout: float, **kwargs) -> subprocess.Comp
     return result
 
 
-def export_stream_model(checkpoint: Path, out_dir: Path) -> Path:
-    """The streaming ONNX model (fp32) of ``checkpoint``, written to ``out_dir/kws.stream.onnx``."""
-    from kws.export.onnx_export import export_stream_model as export
-    from kws.export.onnx_export import save_model
+_exported: dict[tuple[Path, str], Path] = {}
 
-    from kws.checkpoint import model_from_checkpoint
 
-    path = out_dir / "kws.stream.onnx"
-    if not path.exists():
-        model, labels, _ = model_from_checkpoint(checkpoint)
-        save_model(export(model.eval(), labels), path)
-    return path
+def export_stream_model(checkpoint: Path, out_dir: Path, int8: bool = False) -> Path:
+    """The streaming ONNX model of ``checkpoint`` (fp32, or dynamic int8 with ``int8``), written to
+    ``out_dir`` the first time; later calls in the session return the same file."""
+    key = (checkpoint, "int8" if int8 else "fp32")
+    if key not in _exported:
+        from kws.export.onnx_export import export_stream_model as export
+        from kws.export.onnx_export import save_model
+
+        from kws.checkpoint import model_from_checkpoint
+
+        fp32 = _exported.get((checkpoint, "fp32"))
+        if fp32 is None:
+            fp32 = out_dir / "kws.stream.onnx"
+            model, labels, _ = model_from_checkpoint(checkpoint)
+            save_model(export(model.eval(), labels), fp32)
+            _exported[(checkpoint, "fp32")] = fp32
+        if int8:
+            from kws.export.quantize import quantize_dynamic_model
+
+            path = out_dir / "kws.stream.int8.onnx"
+            quantize_dynamic_model(fp32, path)
+            _exported[key] = path
+    return _exported[key]

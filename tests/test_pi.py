@@ -28,6 +28,8 @@ PLANTED_WORDS = ["yes", "no", "up", "down"]
 RUNTIME_MODULES = ("numpy", "onnxruntime", "soundfile", "soxr", "kws.cli", "kws.runtime",
                    "kws.runtime.listen")  # fmt: skip
 SCORE_TOLERANCE = 1e-4  # fp32 posteriors, x86 vs aarch64 kernels
+INT8_TOLERANCE = 0.05  # int8 vs fp32 posteriors (the tiny model: ~0.02 on a Cortex-A72)
+INT8_ARGMAX_AGREEMENT = 0.95  # frames whose top class is the float model's
 CONFIDENCE_TOLERANCE = 1e-3
 
 
@@ -39,6 +41,11 @@ def pi() -> PiRoot:
 @pytest.fixture(scope="module")
 def stream_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_stream_model(tiny_checkpoint, tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def int8_stream_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_stream_model(tiny_checkpoint, tmp_path_factory.mktemp("model"), int8=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,19 +114,20 @@ class TestListen:
     """``kws listen`` on the emulated Pi gives the answers it gives on x86."""
 
     def test_posteriors_match_x86(self, pi: PiRoot, stream_model: Path, planted_wav: Path, tmp_path: Path):
-        dump = textwrap.dedent("""
-            import sys, numpy as np
-            from kws.runtime import stream_scores
-            trace = stream_scores(sys.argv[1], sys.argv[2])
-            np.savez(sys.argv[3], raw=trace.raw, times=trace.times)
-        """)
-        args = [str(stream_model), str(planted_wav)]
-        pi.run("python3", "-c", dump, *args, str(tmp_path / "pi.npz"))
-        run_checked([sys.executable, "-c", dump, *args, str(tmp_path / "x86.npz")], timeout=120)
-        on_pi, on_x86 = np.load(tmp_path / "pi.npz"), np.load(tmp_path / "x86.npz")
+        on_pi = _posteriors(stream_model, planted_wav, tmp_path / "pi.npz", pi)
+        on_x86 = _posteriors(stream_model, planted_wav, tmp_path / "x86.npz")
         np.testing.assert_array_equal(on_pi["times"], on_x86["times"])
         assert on_x86["raw"].shape[0] > 100  # a few seconds of frames, not an empty trace
         np.testing.assert_allclose(on_pi["raw"], on_x86["raw"], atol=SCORE_TOLERANCE)
+
+    def test_int8_posteriors_stay_close_to_float(
+        self, pi: PiRoot, stream_model: Path, int8_stream_model: Path, planted_wav: Path, tmp_path: Path
+    ) -> None:
+        """The int8 model on the Pi's own int8 kernels: within quantisation error of the float model."""
+        on_pi = _posteriors(int8_stream_model, planted_wav, tmp_path / "pi.npz", pi)["raw"]
+        reference = _posteriors(stream_model, planted_wav, tmp_path / "x86.npz")["raw"]
+        assert np.abs(on_pi - reference).max() <= INT8_TOLERANCE
+        assert np.mean(on_pi.argmax(1) == reference.argmax(1)) >= INT8_ARGMAX_AGREEMENT
 
     def test_detections_match_x86(self, pi: PiRoot, stream_model: Path, planted_wav: Path) -> None:
         args = ["listen", "--model", str(stream_model), "--input", str(planted_wav), "--json"]
@@ -133,3 +141,23 @@ class TestListen:
         # The summary line is there too (same audio length, same detection count).
         assert on_pi.stderr.strip().splitlines()[-1].startswith("kws listen:"), on_pi.stderr
         assert f"{len(expected)} detections" in on_pi.stderr.strip().splitlines()[-1]
+
+
+_DUMP_POSTERIORS = textwrap.dedent("""
+    import sys, numpy as np
+    from kws.runtime import stream_scores
+    trace = stream_scores(sys.argv[1], sys.argv[2])
+    np.savez(sys.argv[3], raw=trace.raw, times=trace.times)
+""")
+
+
+def _posteriors(model: Path, wav: Path, out: Path, pi: PiRoot | None = None) -> dict[str, np.ndarray]:
+    """Per-frame posteriors of ``model`` over ``wav`` through the runtime (``stream_scores``), on the emulated
+    Pi or (``pi=None``) natively: ``raw [frames, labels]`` and ``times [frames]``."""
+    args = ["-c", _DUMP_POSTERIORS, str(model), str(wav), str(out)]
+    if pi is None:
+        run_checked([sys.executable, *args], timeout=120)
+    else:
+        pi.run("python3", *args)
+    with np.load(out) as data:
+        return dict(data)
