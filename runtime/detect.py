@@ -151,7 +151,7 @@ class ScoreTrace:
     Attributes:
         labels: class names (score columns).
         times: end of each frame in seconds from the stream start, ``[frames]``.
-        raw: the read lane's posteriors, ``[frames, n_labels]``.
+        raw: the read lane's per-frame posteriors (after the model's pooling), ``[frames, n_labels]``.
         smoothed: ``raw`` after the moving average of ``config.smoothing_ms``.
         config: the configuration the trace was recorded with.
         hop_ms: model hop (ms).

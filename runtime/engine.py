@@ -15,8 +15,13 @@ period / lanes`` (staggered), and the posteriors of each frame are read from the
 entirely inside it, and no lane ever runs longer than 2 s from zero state. Resets happen only at chunk
 boundaries: the period and the offsets are multiples of the chunk (see
 :func:`kws.runtime.config.lane_schedule`), which also means the read lane is the same for every frame of a
-call, so the scores are one slice of the model output (no per-frame Python work). With ``reset_period_ms=0``
-(1 lane) the state is carried forever.
+call, so its posteriors are one slice of the model output (no per-frame Python work). With
+``reset_period_ms=0`` (1 lane) the state is carried forever.
+
+Posteriors: a model that outputs per-frame ``scores`` (softmax) is read as is; one that outputs per-frame
+``logits`` is pooled as its whole-clip twin pools a clip (``kws.pooling``): softmax of the frame's logits
+(``last``), or softmax of the mean of the read lane's last ``kws.pool_frames`` logits (``mean``,
+:class:`LogitPool`).
 """
 
 from __future__ import annotations
@@ -96,11 +101,6 @@ class StreamEngine:
         self.model_calls = 0
         self.model_seconds = 0.0
         self.read_lane = 0
-
-    @property
-    def pending_samples(self) -> int:
-        """Samples buffered but not yet turned into frames (excluding the carried context)."""
-        return self._fill - (self.context if self.frames else 0)
 
     def process(self, chunk: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Consume audio; return the posteriors of every frame completed by it.

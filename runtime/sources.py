@@ -31,6 +31,9 @@ FALLBACK_RATES: tuple[int, ...] = (48_000, 44_100)
 MIC_TIMEOUT_S = 2.0
 """A microphone that delivers nothing for this long is reported as lost (unplugged, driver failure)."""
 
+MIC_START_TIMEOUT_S = 10.0
+"""Longer wait for the first block: some audio servers take a while to start a stream on a busy machine."""
+
 MIC_POLL_S = 0.1
 """How often the reader wakes up while waiting for microphone audio (to notice a stopped stream)."""
 
@@ -422,6 +425,7 @@ class MicrophoneSource(AudioSource):
             self._stream.start()
         except Exception as exc:
             raise DeviceError(f"cannot start input device {self.description}: {exc}") from None
+        timeout = MIC_START_TIMEOUT_S
         while True:
             waited = 0.0
             while True:
@@ -430,12 +434,13 @@ class MicrophoneSource(AudioSource):
                     break
                 except queue.Empty:
                     waited += MIC_POLL_S
-                    if self._finished.is_set() or waited >= MIC_TIMEOUT_S:
+                    if self._finished.is_set() or waited >= timeout:
                         ended = self._finished.is_set()
-                        why = "its stream ended" if ended else f"nothing for {MIC_TIMEOUT_S:g} s"
+                        why = "its stream ended" if ended else f"nothing for {timeout:g} s"
                         raise DeviceLostError(
                             f"input device {self.description} stopped delivering audio ({why}): unplugged?"
                         ) from None
+            timeout = MIC_TIMEOUT_S
             if self.overflows != self._reported_overflows:
                 if self._reported_overflows == 0:
                     logger.warning("input overflow: audio was lost (is the CPU too busy?); counting them")

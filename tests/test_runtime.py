@@ -994,12 +994,14 @@ class TestMicrophone:
         found = _listen_to_mic(spotter, source, 6.4)
         assert source.overflows == 3 and len(found) == len(expected(STANDARD_EVENTS))
 
-    @pytest.mark.parametrize("with_finish", [True, False])
+    @pytest.mark.parametrize(("blocks", "with_finish"), [(5, True), (5, False), (0, False)])
     def test_a_vanishing_device_is_a_clear_error_not_a_hang(
-        self, fake_sd, level_model, monkeypatch, with_finish
+        self, fake_sd, level_model, monkeypatch, blocks, with_finish
     ):
+        """Unplugged mid-stream (the stream ends, or just goes silent), or never delivering anything."""
         monkeypatch.setattr(runtime_sources, "MIC_TIMEOUT_S", 0.3)
-        fake_sd.vanish_after, fake_sd.vanish_with_finish = 5, with_finish
+        monkeypatch.setattr(runtime_sources, "MIC_START_TIMEOUT_S", 0.6)
+        fake_sd.vanish_after, fake_sd.vanish_with_finish = blocks, with_finish
         source = MicrophoneSource(None, RATE, 0.1)
         start = time.monotonic()
         with pytest.raises(DeviceLostError, match="stopped delivering audio"):
@@ -1107,6 +1109,7 @@ class TestListenCommand:
 
     def test_microphone_lost_mid_stream(self, fake_sd, level_model, monkeypatch, capsys):
         monkeypatch.setattr(runtime_sources, "MIC_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(runtime_sources, "MIC_START_TIMEOUT_S", 0.3)
         fake_sd.vanish_after = 30  # after 3 s: the first keyword was heard
         assert cli_main(["listen", "--model", str(level_model), "--device", "USB"]) == 2
         out, err = capsys.readouterr()
