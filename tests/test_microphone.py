@@ -28,6 +28,10 @@ LISTEN_START_TIMEOUT_S = 60  # loading onnxruntime and opening the device on a b
 STREAM_SETTLE_S = 1.0  # the announcement comes just before the input stream starts
 TAIL_SECONDS = 1.5  # kept listening after the last word: the detector's smoothing and refractory delay
 EXIT_TIMEOUT_S = 15
+FIXTURE_THRESHOLD = "0.4"
+"""The tiny fixture model, trained for seconds, ranks the planted words first but gives some of them ("no",
+"down") posteriors of only about 0.5: the default threshold would miss them. These tests are about the audio
+path, not the fixture's confidence (same choice as test_runtime's end-to-end test)."""
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +116,15 @@ class TestListenFromMicrophone:
         wav, truth = planted
         words = [word for word, _ in truth]
         # The same audio as a file first: if the model misses the words there, the microphone is not to blame.
-        from_file = run_checked([*kws_command(), "listen", "--model", str(stream_model), "--input", str(wav),
-                                 "--json"], timeout=120)  # fmt: skip
+        command = [*kws_command(), "listen", "--model", str(stream_model), "--threshold", FIXTURE_THRESHOLD,
+                   "--json"]  # fmt: skip
+        from_file = run_checked([*command, "--input", str(wav)], timeout=120)
         assert [d["keyword"] for d in read_json_lines(from_file.stdout)] == words, (
             f"the fixture model does not find the planted words even in the file:\n{from_file.stdout}"
         )
 
-        listen = subprocess.Popen(
-            [*kws_command(), "listen", "--model", str(stream_model), "--json"], env=mic.env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        pipe = subprocess.PIPE
+        listen = subprocess.Popen(command, env=mic.env, text=True, stdout=pipe, stderr=pipe)
         out, err = LineCollector(listen.stdout), LineCollector(listen.stderr)
         try:
             err.wait_for("Ctrl-C to stop", timeout=LISTEN_START_TIMEOUT_S)
