@@ -1,4 +1,4 @@
-"""kws export: ONNX round trip, parity with PyTorch, streaming = whole clip, metadata, int8, errors, atomicity.
+"""kws export: ONNX round trip, PyTorch parity, streaming = whole clip, metadata, int8, errors, atomicity.
 
 The models are made here, untrained (a tiny one and, for the full `kws export` runs, a slightly larger one
 whose int8 file can meet the size check); their front-end normalisation is fitted on synthetic audio so the
@@ -19,6 +19,30 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
+from kws.export import checks  # noqa: E402
+from kws.export.onnx_export import (  # noqa: E402
+    ExportError,
+    export_clip_model,
+    export_stream_model,
+    read_metadata,
+    save_model,
+)
+from kws.export.pipeline import choose_quantization, synthetic_clips  # noqa: E402
+from kws.export.quantize import (  # noqa: E402
+    QUANT_DYNAMIC,
+    QUANT_STATIC,
+    ClipCalibrationReader,
+    StreamCalibrationReader,
+    quantize_dynamic_model,
+    quantize_static_model,
+)
+from kws.export.streaming import (  # noqa: E402
+    StreamBuffer,
+    pool_scores,
+    run_stream,
+    stream_chunks,
+    zero_states,
+)
 from synthetic import KEYWORDS, synth_clip  # noqa: E402
 
 from kws import __version__  # noqa: E402
@@ -50,30 +74,6 @@ from kws.constants import (  # noqa: E402
     STATE_H_IN,
     STATE_H_OUT,
 )
-from kws.export import checks  # noqa: E402
-from kws.export.onnx_export import (  # noqa: E402
-    ExportError,
-    export_clip_model,
-    export_stream_model,
-    read_metadata,
-    save_model,
-)
-from kws.export.pipeline import choose_quantization, synthetic_clips  # noqa: E402
-from kws.export.quantize import (  # noqa: E402
-    QUANT_DYNAMIC,
-    QUANT_STATIC,
-    ClipCalibrationReader,
-    StreamCalibrationReader,
-    quantize_dynamic_model,
-    quantize_static_model,
-)
-from kws.export.streaming import (  # noqa: E402
-    StreamBuffer,
-    pool_scores,
-    run_stream,
-    stream_chunks,
-    zero_states,
-)
 from kws.model import KWSModel  # noqa: E402
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
@@ -83,7 +83,7 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_co
 
 
 def make_model(hidden: int = 16, layers: int = 2, pooling: str = "mean", proj: int = 0, seed: int = 0):
-    """An untrained model whose normalisation is fitted on synthetic words (features ~ zero mean, unit std)."""
+    """An untrained model, its normalisation fitted on synthetic words (features ~ zero mean, unit std)."""
     torch.manual_seed(seed)
     config = RunConfig(
         model=ModelConfig(hidden_size=hidden, num_layers=layers, n_labels=len(LABELS), pooling=pooling,
@@ -208,7 +208,7 @@ def clip_sources() -> list:
         pytest.param(lambda: word_clips(12, seed=5), id="synthetic-words"),
         pytest.param(lambda: synthetic_clips(16000, 16000, 10), id="noise-tones-silence"),
     ]
-    real = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="no real Speech Commands clips in ../shared/data")
+    real = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="no real Speech Commands clips (../shared/data)")
     sources.append(pytest.param(lambda: real_clips(12), id="real-speech", marks=real))
     return sources
 
@@ -488,7 +488,8 @@ class TestErrors:
         self.assert_one_line_error(code, err, "not a folder")
 
     def test_missing_calibration_data(self, tmp_path, capsys, checkpoint):
-        code, _, err = run_cli(capsys, checkpoint, "-o", tmp_path / "out", "--calibration", tmp_path / "nodata")
+        missing = tmp_path / "nodata"
+        code, _, err = run_cli(capsys, checkpoint, "-o", tmp_path / "out", "--calibration", missing)
         self.assert_one_line_error(code, err, "nodata", "does not exist")
         assert not (tmp_path / "out").exists()
 
@@ -540,13 +541,15 @@ def cli_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 class TestCommand:
-    def test_export_with_data_passes_and_installs_everything(self, cli_checkpoint, full_dataset, tmp_path, capsys):
+    def test_export_with_data_passes_and_installs_everything(self, cli_checkpoint, full_dataset, tmp_path,
+                                                             capsys):  # fmt: skip
         out = tmp_path / "models"
-        code, printed, _ = run_cli(capsys, cli_checkpoint, "-o", out, "--calibration", full_dataset,
-                                   "--data", full_dataset, "--split", "all", "--calibration-clips", "24")  # fmt: skip
+        data = ("--calibration", full_dataset, "--data", full_dataset, "--split", "all")
+        code, printed, _ = run_cli(capsys, cli_checkpoint, "-o", out, *data, "--calibration-clips", "24")
         assert code == 0, printed
         names = sorted(p.name for p in out.iterdir())
-        assert names == ["kws.export.json", "kws.int8.onnx", "kws.onnx", "kws.stream.int8.onnx", "kws.stream.onnx"]
+        onnx_files = ["kws.int8.onnx", "kws.onnx", "kws.stream.int8.onnx", "kws.stream.onnx"]
+        assert names == ["kws.export.json", *onnx_files]
         for text in ("fp32 parity", "streaming = whole clip", "ReferenceEvaluator", "ONNX int8 dynamic",
                      "ONNX int8 static-qdq", "int8 shipped:"):  # fmt: skip
             assert text in printed, text
