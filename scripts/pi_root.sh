@@ -88,6 +88,8 @@ step_debootstrap() {
     local key="$SUITE $ARCH minbase python3"
     done_step debootstrap "$key" && return
     need_tools debootstrap
+    [ "$(id -u)" -eq 0 ] || die "the first build runs debootstrap, which needs root: run it as root once \
+(e.g. sudo KWS_PI_ROOT=$ROOT $0 build, then chown -R $(id -un) $ROOT)"
     log "downloading a minimal $SUITE/$ARCH system with python3 into $ROOT (first time only)"
     local start=$SECONDS m
     m=$(mirror)
