@@ -7,11 +7,12 @@
 #   - Raspberry Pi (aarch64) emulation (tests/test_pi.py, scripts/pi_root.sh):
 #       qemu-user-static debootstrap debian-archive-keyring (debootstrap checks the Release signature)
 #   - libsndfile1: soundfile's system fallback on x86 (its wheel bundles one; harmless to have)
+#   - python3-venv: `make test` creates .venv with python3, and Debian's python3 has no ensurepip without it
 # Idempotent: installs nothing (and skips `apt-get update`) when every package is already there.
 set -euo pipefail
 
 PACKAGES=(pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 qemu-user-static debootstrap
-          debian-archive-keyring libsndfile1)
+          debian-archive-keyring libsndfile1 python3-venv)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
