@@ -8,6 +8,7 @@ process never sees a server that later goes away).
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from _tools import SCRIPTS, require_tools
+from _tools import SCRIPTS, require, require_tools
 
 SCRIPT = SCRIPTS / "virtual_mic.sh"
 START_TIMEOUT_S = 60
@@ -111,6 +112,19 @@ class LineCollector:
         return "".join(self.lines)
 
 
+def _missing_libraries() -> list[str]:
+    """PortAudio (what sounddevice loads) and ALSA's PulseAudio plugin (how PortAudio's ALSA devices reach
+    the server), if absent."""
+    missing = []
+    if ctypes.util.find_library("portaudio") is None:
+        missing.append("libportaudio2")
+    plugin = "alsa-lib/libasound_module_pcm_pulse.so"  # /usr/lib/<multiarch>/ on Debian, /usr/lib*/ elsewhere
+    places = [*Path("/usr/lib").glob(f"*/{plugin}"), Path("/usr/lib", plugin), Path("/usr/lib64", plugin)]
+    if not any(place.exists() for place in places):
+        missing.append("the ALSA PulseAudio plugin")
+    return missing
+
+
 def _script(command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=START_TIMEOUT_S
@@ -122,6 +136,7 @@ def virtual_mic() -> Iterator[VirtualMic]:
     """Start the virtual microphone (skipped locally / failed in CI without PulseAudio), stop it afterwards
     unless it was already running before (e.g. started by hand for a debugging session)."""
     require_tools("the virtual microphone", "pulseaudio", "pactl", "paplay", "parec", packages=PULSE_PACKAGES)
+    require("the virtual microphone", _missing_libraries(), packages=PULSE_PACKAGES)
     was_running = _script("status").returncode == 0
     started = time.monotonic()
     result = _script("start")

@@ -34,7 +34,11 @@ def require_tools(purpose: str, *tools: str, packages: str) -> None:
         tools: command names.
         packages: the Debian packages that provide them, for the message.
     """
-    missing = [tool for tool in tools if shutil.which(tool) is None]
+    require(purpose, [tool for tool in tools if shutil.which(tool) is None], packages)
+
+
+def require(purpose: str, missing: list[str], packages: str) -> None:
+    """Skip (locally) or fail (in CI) when anything is ``missing`` (names of tools or libraries)."""
     if not missing:
         return
     message = f"{purpose} needs {', '.join(missing)} (apt-get install {packages}; {INSTALL_HINT})"
