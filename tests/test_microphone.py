@@ -105,13 +105,14 @@ def stream_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.mark.slow
 class TestListenFromMicrophone:
-    """``kws listen`` on the (virtual) default microphone reports the words spoken into it, and stops cleanly
-    with its summary on SIGINT (Ctrl-C) and SIGTERM."""
+    """``kws listen`` on the (virtual) microphone, the default one or one chosen by name, reports the words
+    spoken into it, and stops cleanly with its summary on SIGINT (Ctrl-C) and SIGTERM."""
 
-    @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+    @pytest.mark.parametrize(("device", "stop_signal"), [(None, signal.SIGINT), ("pulse", signal.SIGTERM)],
+                             ids=["default-device-SIGINT", "pulse-device-SIGTERM"])  # fmt: skip
     def test_reports_planted_keywords(
         self, mic: VirtualMic, stream_model: Path, planted: tuple[Path, list[tuple[str, float]]],
-        stop_signal: signal.Signals,
+        device: str | None, stop_signal: signal.Signals,
     ) -> None:  # fmt: skip
         wav, truth = planted
         words = [word for word, _ in truth]
@@ -123,6 +124,8 @@ class TestListenFromMicrophone:
             f"the fixture model does not find the planted words even in the file:\n{from_file.stdout}"
         )
 
+        if device is not None:
+            command += ["--device", device]
         pipe = subprocess.PIPE
         listen = subprocess.Popen(command, env=mic.env, text=True, stdout=pipe, stderr=pipe)
         out, err = LineCollector(listen.stdout), LineCollector(listen.stderr)
@@ -141,6 +144,8 @@ class TestListenFromMicrophone:
         stdout, stderr = out.text(timeout=5), err.text(timeout=5)
 
         assert code == 0, stderr
+        announced = next(line for line in stderr.splitlines() if "Ctrl-C to stop" in line)
+        assert f"{device or 'default'} (device" in announced, announced
         detections = read_json_lines(stdout)
         assert [d["keyword"] for d in detections] == words, stdout + stderr
         assert all("wall_time" in d for d in detections), stdout  # live input: wall-clock times
