@@ -27,7 +27,7 @@ from kws.export.onnx_export import (  # noqa: E402
     read_metadata,
     save_model,
 )
-from kws.export.pipeline import choose_quantization, synthetic_clips  # noqa: E402
+from kws.export.pipeline import choose_quantization, sign_test, synthetic_clips  # noqa: E402
 from kws.export.quantize import (  # noqa: E402
     QUANT_DYNAMIC,
     QUANT_STATIC,
@@ -425,16 +425,29 @@ class TestInt8:
         assert checks.check_int8("q", files["clip"], files["clip_int8"], None, None)[1].passed is None
 
     def test_choice_is_dynamic_unless_static_is_measurably_better(self):
-        dyn = {"passed": True, "accuracy": 0.90, "agreement": 1.0, "stream_us": 200.0}
-        same = {**dyn, "stream_us": 195.0}
-        better = {**dyn, "accuracy": 0.91}
-        faster = {**dyn, "stream_us": 150.0}
-        failing = {**better, "passed": False}
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: same})[0] == QUANT_DYNAMIC
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: better})[0] == QUANT_STATIC
+        def variant(hits: list[bool], us: float = 200.0, passed: bool = True) -> dict:
+            return {"passed": passed, "hits": np.array(hits), "what": "accuracy", "stream_us": us}
+
+        base = [True] * 80 + [False] * 20
+        dyn = variant(base)
+        one_more = variant([True] * 81 + [False] * 19)  # +1 clip: not significant
+        many_more = variant([True] * 95 + [False] * 5)  # +15 clips, all discordant the same way
+        faster = variant(base, us=150.0)
+        assert (
+            choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: variant(base, us=195.0)})[0]
+            == QUANT_DYNAMIC
+        )
+        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: one_more})[0] == QUANT_DYNAMIC
+        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: many_more})[0] == QUANT_STATIC
         assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: faster})[0] == QUANT_STATIC
+        failing = variant([True] * 95 + [False] * 5, passed=False)
         assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: failing})[0] == QUANT_DYNAMIC
-        assert choose_quantization({QUANT_STATIC: better})[0] == QUANT_STATIC
+        assert choose_quantization({QUANT_STATIC: many_more})[0] == QUANT_STATIC
+
+    def test_sign_test(self):
+        assert sign_test(0, 0) == 1.0 and sign_test(1, 0) == 1.0
+        assert sign_test(10, 0) == pytest.approx(2 / 1024)
+        assert sign_test(6, 4) == sign_test(4, 6) > 0.5
 
 
 # ----------------------------------------------------------------------------------------------- errors
