@@ -113,6 +113,7 @@ class DataConfig:
     """Which clips are used and how they are labelled and split."""
 
     roots: tuple[str, ...] = ()
+    extra_train: tuple[str, ...] = ()  # roots whose clips all go to the training split (e.g. `kws tts` output)
     labels: str = "standard"  # "standard" (12 classes), "all" (every word) or comma-separated keywords
     unknown_ratio: float = 1.0  # _unknown_ clips per keyword clip class, relative to the mean class size
     silence_ratio: float = 1.0  # _silence_ clips, relative to the mean keyword class size
@@ -173,6 +174,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.05
     grad_clip: float = 5.0
+    ema_decay: float = 0.999  # exponential moving average of the weights, used for validation and export (0: off)
     seed: int = 0
     max_minutes: float = 0.0  # stop after this many minutes (0: no limit); the schedule is set by epochs
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests

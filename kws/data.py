@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from kws.errors import KWSError
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -194,6 +195,10 @@ def load_corpus(config: DataConfig, split: str = "auto") -> Corpus:
     for root in roots:
         root_clips, root_noise, _ = scan_root(root, config, split)
         clips.extend(root_clips)
+        noise.extend(root_noise)
+    for extra in config.extra_train:
+        root_clips, root_noise, _ = scan_root(Path(extra).expanduser(), config, split)
+        clips.extend(dataclasses.replace(c, split="train") for c in root_clips)
         noise.extend(root_noise)
     return Corpus(clips=tuple(clips), noise_files=tuple(noise), layouts=tuple(layouts))
 

@@ -11,6 +11,7 @@ test.json and test_confusion.png. The whole run configuration is saved in every 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -112,6 +113,14 @@ def _write_metrics(history: list[dict[str, Any]], out_dir: Path) -> None:
     atomic_write(out_dir / "metrics.jsonl", lambda tmp: tmp.write_text(text))
 
 
+@torch.no_grad()
+def _update_ema(ema: KWSModel, model: KWSModel, decay: float, step: int) -> None:
+    """``ema <- d * ema + (1 - d) * model`` with ``d`` warming up from 0.1 to ``decay`` over the first steps."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - d)
+
+
 def _payload(model, optimizer, scheduler, config, labels, epoch, step, best, history, summary) -> dict:
     return {
         "config": to_dict(config),
@@ -164,13 +173,16 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
         rng = np.random.default_rng(tc.seed)
         idx = rng.choice(len(train_data), min(len(train_data), NORMALIZATION_CLIPS), replace=False)
         model.frontend.fit_normalization(torch.from_numpy(train_data.float_audio(np.sort(idx))).to(device))
+    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(train_data) / tc.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, steps_per_epoch))
     history: list[dict[str, Any]] = []
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))
+        if ema is not None:
+            ema.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, best, history = state["epoch"], state["step"], state["best_accuracy"], state["history"]
@@ -212,6 +224,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
             optimizer.step()
             scheduler.step()
             step += 1
+            if ema is not None:
+                _update_ema(ema, model, tc.ema_decay, step)
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
@@ -219,7 +233,8 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
             if tc.max_steps and step >= tc.max_steps:
                 break
         bar.close()
-        val_acc, val_loss = _accuracy(model, val_data.audio, val_data.labels, device) if len(val_data) else (0, 0)
+        scored = ema if ema is not None else model
+        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels, device) if len(val_data) else (0, 0)
         record = {
             "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
             "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
@@ -230,8 +245,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
                     record["train_loss"], 100 * record["train_accuracy"], 100 * val_acc, record["minutes"])  # fmt: skip
         improved = val_acc > best
         best = max(best, val_acc)
-        payload = _payload(model, optimizer, scheduler, config, labels, epoch + 1, step, best, history,
+        payload = _payload(scored, optimizer, scheduler, config, labels, epoch + 1, step, best, history,
                            prepared.summary)  # fmt: skip
+        payload["train_model"] = model.state_dict()
         if improved:
             save_checkpoint(best_path, payload)
         save_checkpoint(last_path, payload)
@@ -280,6 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", nargs="+", metavar="DIR",
                    help="Speech Commands folder(s): the full dataset (v0.01/v0.02), the 12-class test archive, "
                         "or several combined (splits stay speaker-disjoint across them)")  # fmt: skip
+    g.add_argument("--extra-train", nargs="+", default=[], metavar="DIR",
+                   help="extra Speech Commands-layout folder(s) used for training only, e.g. `kws tts` output")  # fmt: skip
     g.add_argument("--labels", default=d.data.labels,
                    help="'standard' (10 keywords + _silence_ + _unknown_), 'all' (every word), or a comma-separated "
                         "keyword list (default: %(default)s)")  # fmt: skip
@@ -316,7 +334,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         features=replace(d.features, n_mfcc=args.n_mfcc, n_mels=max(d.features.n_mels, args.n_mfcc)),
         model=ModelConfig(n_inputs=args.n_mfcc, hidden_size=args.hidden_size, num_layers=args.layers,
                           proj_size=args.proj_size, dropout=args.dropout),  # fmt: skip
-        data=DataConfig(roots=tuple(args.data or ()), labels=args.labels, unknown_ratio=args.unknown_ratio,
+        data=DataConfig(roots=tuple(args.data or ()), extra_train=tuple(args.extra_train), labels=args.labels, unknown_ratio=args.unknown_ratio,
                         silence_ratio=args.silence_ratio),  # fmt: skip
         augment=AugmentConfig.none() if args.no_augment else d.augment,
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

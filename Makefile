@@ -1,0 +1,54 @@
+# kws: the two set-up commands are `make demo` (runs the shipped model, installs only the runtime) and
+# `make test` (installs everything, runs lint and the whole test suite). Both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+SC := $(DATA)/speech_commands_test_set_v0.02 $(DATA)/speech_commands_v0.01_sample $(DATA)/speech_commands_v0.02_sample
+RUN ?= runs/pretrained
+
+.PHONY: demo test lint install-runtime install-dev install-system pretrained bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Runtime only: numpy, onnxruntime, soundfile, soxr (no torch).
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Everything: torch/torchaudio (pinned), onnx, sounddevice, pytest, ruff.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,mic,dev]'
+	touch $@ $(VENV)/.runtime
+
+install-runtime: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+## demo: run the shipped int8 streaming model over the example recording
+demo: $(VENV)/.runtime
+	$(BIN)/kws listen --input examples/demo.wav
+
+## test: lint + the whole test suite (system packages for the microphone and Pi tests: make install-system)
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+install-system:
+	bash .ci/install-system.sh
+
+## pretrained: re-create the shipped model from the real data in $(DATA) (train, export, copy into kws/pretrained)
+pretrained: $(VENV)/.dev
+	bash scripts/make_pretrained.sh $(DATA) $(RUN)
+
+## bench: accuracy / size / speed / streaming detection quality of the shipped model
+bench: $(VENV)/.dev
+	$(BIN)/kws bench --checkpoint $(RUN)/best.pt --data $(DATA)/speech_commands_test_set_v0.02 --negatives $(DATA)/wake_word_negatives --out bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
