@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from kws.errors import KWSError
-
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
 

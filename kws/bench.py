@@ -270,9 +270,7 @@ def resolve_models(options: BenchOptions) -> ModelFiles:
     result = export_checkpoint(options.checkpoint, out, name=options.name, timing=False)
     notes: list[str] = []
     if not result.passed:
-        failed = [
-            f"{c.name} ({c.subject}: {c.value}, needs {c.limit})" for c in result.checks if c.passed is False
-        ]
+        failed = [f"{c.name} ({c.subject}: {c.value}, needs {c.limit})" for c in result.checks if c.passed is False]
         notes.append(
             "the export FAILED these checks, so `kws export` would not install these files; they are "
             "benchmarked anyway: " + "; ".join(failed)
@@ -478,9 +476,7 @@ def build_stream(
     plan = plan_stream(keywords, unknowns, negatives, seconds, options.seed, options.snr_db)
     logger.info("rendering a %.1f min stream (%d events) to %s", options.stream_minutes, len(plan), path)
     events, duration = render_stream(plan, noises, sample_rate, path, options.seed)
-    comp = composition(
-        events, duration, len(keywords), len(negatives), noise_source, options.snr_db, options.seed
-    )
+    comp = composition(events, duration, len(keywords), len(negatives), noise_source, options.snr_db, options.seed)
     if duration < 0.9 * seconds:
         comp.notes.append(
             f"the stream is {duration / 60:.1f} min, shorter than the {options.stream_minutes:g} "
@@ -545,8 +541,7 @@ def run_stream(options: BenchOptions, files: ModelFiles, stream: StreamSet) -> d
         "replay_matches_live": replay_matches,
         "sweep": sweep,
         "detections": [
-            {"time": round(d.time, 3), "keyword": d.keyword, "confidence": round(d.confidence, 4)}
-            for d in detections
+            {"time": round(d.time, 3), "keyword": d.keyword, "confidence": round(d.confidence, 4)} for d in detections
         ],
     }
 
@@ -697,10 +692,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
             "training_speaker_overlap": training_overlap(config, mode, speakers),
         },
         "accuracy": {
-            name: {
-                k: r[k]
-                for k in ("accuracy", "clips", "per_class", "agreement_with_pytorch", "confusion_matrix")
-            }
+            name: {k: r[k] for k in ("accuracy", "clips", "per_class", "agreement_with_pytorch", "confusion_matrix")}
             for name, r in reports.items()
         },
         "latency": latencies,
@@ -873,9 +865,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "on about 300 clips per keyword).",
         "",
     ]
-    lines += _table(
-        ["source", "data", "figure"], [[a["source"], a["data"], a["figure"]] for a in report["anchors"]]
-    )
+    lines += _table(["source", "data", "figure"], [[a["source"], a["data"], a["figure"]] for a in report["anchors"]])
 
     # machine
     load = m.get("load_average") or []
@@ -961,9 +951,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         )
     for name, key in (("ONNX fp32 streaming", "stream"), (MODEL_STREAM_INT8, "stream_int8")):
         f = files[key]
-        rows.append(
-            [name, f"`{Path(f['path']).name}` ({f['quantization']})", _size(f["size_bytes"]), "-", "-"]
-        )
+        rows.append([name, f"`{Path(f['path']).name}` ({f['quantization']})", _size(f["size_bytes"]), "-", "-"])
     lines += _table(["model", "file", "size", "1-clip latency median (ms)", "p95 (ms)"], rows)
     s = st["stats"]
     lines += [
@@ -1021,9 +1009,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "### At the shipped defaults",
         "",
         "Operating point of `SpotterConfig()` (what `kws listen` uses without options): "
-        + ", ".join(
-            f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in cfg.items() if k != "thresholds"
-        )
+        + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in cfg.items() if k != "thresholds")
         + ".",
         "",
     ]
@@ -1039,8 +1025,7 @@ def format_markdown(report: dict[str, Any]) -> str:
             ],
             [
                 "false accepts per hour (headline)",
-                f"{_rate(d['fa_per_hour'])} ({POISSON_CONFIDENCE:.0%} upper bound "
-                f"{_rate(d['fa_per_hour_upper95'])})",
+                f"{_rate(d['fa_per_hour'])} ({POISSON_CONFIDENCE:.0%} upper bound {_rate(d['fa_per_hour_upper95'])})",
             ],
             ["false accepts per hour of the whole stream", _rate(d["fa_per_hour_stream"])],
             [
@@ -1226,9 +1211,7 @@ def plot_det(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("false accepts per hour (non-keyword audio)")
     ax.set_ylabel("miss rate (%)")
     comp = report["stream"]["composition"]
-    ax.set_title(
-        f"DET: {comp['seconds'] / 60:.0f} min stream, {comp['keyword_events']} keywords", fontsize=10
-    )
+    ax.set_title(f"DET: {comp['seconds'] / 60:.0f} min stream, {comp['keyword_events']} keywords", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -1278,9 +1261,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exported ONNX files NAME.onnx, NAME.int8.onnx, NAME.stream.onnx, NAME.stream.int8.onnx "
         "(default: export the checkpoint into OUT/models)",
     )
-    parser.add_argument(
-        "--name", default=DEFAULT_NAME, help="file name stem in --models (default: %(default)s)"
-    )
+    parser.add_argument("--name", default=DEFAULT_NAME, help="file name stem in --models (default: %(default)s)")
     parser.add_argument(
         "--data",
         nargs="+",
@@ -1334,9 +1315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timed runs per single-clip latency (default: %(default)s)",
     )
     parser.add_argument("--keep-stream", action="store_true", help="keep the stream as OUT/stream.wav")
-    parser.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="report folder (created if missing)"
-    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="report folder (created if missing)")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:

@@ -43,8 +43,13 @@ def _top_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kws {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND",
-                        help="one of: " + "; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))  # fmt: skip
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=list(COMMANDS),
+        metavar="COMMAND",
+        help="one of: " + "; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()),
+    )
     return parser
 
 
@@ -60,15 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 2
     name, rest = argv[0], argv[1:]
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, help_text = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        print(f"kws {name}: error: this command needs {exc.name!r}, which is not installed "
-              f"(pip install 'kws[train]' for training, export and bench)", file=sys.stderr)  # fmt: skip
+        print(
+            f"kws {name}: error: this command needs {exc.name!r}, which is not installed "
+            f"(pip install 'kws[train]' for training, export and bench)",
+            file=sys.stderr,
+        )
         return 2
     parser = argparse.ArgumentParser(
         prog=f"kws {name}",

@@ -6,14 +6,13 @@ can be rebuilt from the file alone, and reloaded with :func:`from_dict`, which r
 
 from __future__ import annotations
 
-from kws.errors import KWSError
-
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kws.constants import CLIP_SECONDS, SAMPLE_RATE
+from kws.errors import KWSError
 
 T = TypeVar("T")
 
@@ -114,6 +113,8 @@ class DataConfig:
 
     roots: tuple[str, ...] = ()
     extra_train: tuple[str, ...] = ()  # roots whose clips all go to the training split (e.g. `kws tts` output)
+    negatives: tuple[str, ...] = ()  # folders of non-keyword speech: 1 s crops of half the files join _unknown_
+    negative_ratio: float = 0.5  # negative-speech crops, relative to the mean keyword class size
     labels: str = "standard"  # "standard" (12 classes), "all" (every word) or comma-separated keywords
     unknown_ratio: float = 1.0  # _unknown_ clips per keyword clip class, relative to the mean class size
     silence_ratio: float = 1.0  # _silence_ clips, relative to the mean keyword class size
@@ -123,10 +124,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.unknown_ratio >= 0 and self.silence_ratio >= 0, "ratios must be >= 0")
         _check(
-            0 <= self.validation_percent and 0 <= self.testing_percent
+            0 <= self.validation_percent
+            and 0 <= self.testing_percent
             and self.validation_percent + self.testing_percent < 100,
             "validation_percent + testing_percent must be < 100",
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,14 @@ class AugmentConfig:
     def none(cls) -> AugmentConfig:
         """No augmentation at all."""
         return cls(
-            time_shift_ms=0.0, noise_prob=0.0, gain_db=0.0, speed_prob=0.0, context_prob=0.0,
-            time_masks=0, freq_masks=0,
-        )  # fmt: skip
+            time_shift_ms=0.0,
+            noise_prob=0.0,
+            gain_db=0.0,
+            speed_prob=0.0,
+            context_prob=0.0,
+            time_masks=0,
+            freq_masks=0,
+        )
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.05
     grad_clip: float = 5.0
-    ema_decay: float = 0.999  # exponential moving average of the weights, used for validation and export (0: off)
+    ema_decay: float = 0.995  # exponential moving average of the weights, used for validation and export (0: off)
     seed: int = 0
     max_minutes: float = 0.0  # stop after this many minutes (0: no limit); the schedule is set by epochs
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests

@@ -16,10 +16,37 @@ STANDARD_KEYWORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right"
 """The ten keywords of the standard 12-class Speech Commands task."""
 
 V1_WORDS: tuple[str, ...] = (
-    "bed", "bird", "cat", "dog", "down", "eight", "five", "four", "go", "happy", "house", "left", "marvin",
-    "nine", "no", "off", "on", "one", "right", "seven", "sheila", "six", "stop", "three", "tree", "two", "up",
-    "wow", "yes", "zero",
-)  # fmt: skip
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "down",
+    "eight",
+    "five",
+    "four",
+    "go",
+    "happy",
+    "house",
+    "left",
+    "marvin",
+    "nine",
+    "no",
+    "off",
+    "on",
+    "one",
+    "right",
+    "seven",
+    "sheila",
+    "six",
+    "stop",
+    "three",
+    "tree",
+    "two",
+    "up",
+    "wow",
+    "yes",
+    "zero",
+)
 """The 30 words of Speech Commands v0.01."""
 
 V2_WORDS: tuple[str, ...] = tuple(sorted(V1_WORDS + ("backward", "follow", "forward", "learn", "visual")))

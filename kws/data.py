@@ -15,8 +15,6 @@ archive holds only official *test* speakers, so when it is used the rule is appl
 
 from __future__ import annotations
 
-from kws.errors import KWSError
-
 import dataclasses
 import hashlib
 import logging
@@ -37,10 +35,14 @@ from kws.constants import (
     UNKNOWN_LABEL,
     VALIDATION_LIST,
 )
+from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
 
 SPLIT_SALT = "kws-speaker-split"
+NEGATIVES_SALT = "kws-negatives"
+NEGATIVES_HELD_OUT_PERCENT = 50.0
+"""Share of the non-keyword speech files (``--negatives``) never used in training: `kws bench` streams them."""
 """Salt of the re-split used when a 12-class test archive is among the roots."""
 
 
@@ -72,6 +74,7 @@ class Corpus:
     clips: tuple[Clip, ...]
     noise_files: tuple[Path, ...]
     layouts: tuple[str, ...]
+    negatives: tuple[Path, ...] = ()  # training half of the non-keyword speech files
 
     @property
     def words(self) -> list[str]:
@@ -119,9 +122,7 @@ def detect_layout(root: Path) -> str:
     subdirs = [d for d in root.iterdir() if d.is_dir()]
     if (root / UNKNOWN_LABEL).is_dir() or (root / SILENCE_LABEL).is_dir():
         return "archive"
-    has_clips = any(
-        "_nohash_" in p.name for d in subdirs if d.name != BACKGROUND_NOISE_DIR for p in _audio_files(d)
-    )
+    has_clips = any("_nohash_" in p.name for d in subdirs if d.name != BACKGROUND_NOISE_DIR for p in _audio_files(d))
     if has_clips:
         return "full"
     if not subdirs and not any(root.iterdir()):
@@ -200,7 +201,26 @@ def load_corpus(config: DataConfig, split: str = "auto") -> Corpus:
         root_clips, root_noise, _ = scan_root(Path(extra).expanduser(), config, split)
         clips.extend(dataclasses.replace(c, split="train") for c in root_clips)
         noise.extend(root_noise)
-    return Corpus(clips=tuple(clips), noise_files=tuple(noise), layouts=tuple(layouts))
+    negatives = [p for root in config.negatives for p in negative_files(root) if negative_split(p) == "train"]
+    return Corpus(clips=tuple(clips), noise_files=tuple(noise), layouts=tuple(layouts), negatives=tuple(negatives))
+
+
+def negative_split(path: Path) -> str:
+    """``"train"`` or ``"held-out"`` for a non-keyword speech file, by a salted hash of ``FOLDER/NAME``."""
+    name = f"{path.parent.name}/{path.name}"
+    held_out = which_set(name, 0.0, NEGATIVES_HELD_OUT_PERCENT, salt=NEGATIVES_SALT) == "test"
+    return "held-out" if held_out else "train"
+
+
+def negative_files(root: str | Path) -> list[Path]:
+    """Every audio file under ``root`` (any layout), sorted."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"negatives folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise DataError(f"no audio files under {root}")
+    return files
 
 
 def resolve_labels(spec: str, words: list[str]) -> list[str]:
@@ -224,8 +244,10 @@ def resolve_labels(spec: str, words: list[str]) -> list[str]:
             raise DataError(f"duplicate keywords in {spec!r}")
     missing = [k for k in keywords if k not in present]
     if missing:
-        raise DataError(f"unknown label(s) {', '.join(missing)}: not found in the data (words found: "
-                        f"{', '.join(sorted(present)) or 'none'})")  # fmt: skip
+        raise DataError(
+            f"unknown label(s) {', '.join(missing)}: not found in the data (words found: "
+            f"{', '.join(sorted(present)) or 'none'})"
+        )
     return [SILENCE_LABEL, UNKNOWN_LABEL, *keywords]
 
 
@@ -239,6 +261,7 @@ class Example:
     noise_index: int = -1
     noise_offset: float = 0.0  # fraction of the noise file at which the slice starts
     noise_gain: float = 1.0
+    crop_offset: float = -1.0  # >= 0: a 1 s crop of a longer file, starting at this fraction of it
 
 
 def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfig, seed: int) -> list[Example]:
@@ -266,6 +289,10 @@ def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfi
     n_unknown = round(config.unknown_ratio * mean_size)
     if len(unknown) > n_unknown:
         unknown = rng.sample(unknown, n_unknown)
+    if split == "train" and corpus.negatives:
+        for _ in range(round(config.negative_ratio * mean_size)):
+            path = corpus.negatives[rng.randrange(len(corpus.negatives))]
+            unknown.append(Example(index[UNKNOWN_LABEL], path, "negative", crop_offset=rng.random()))
     n_silence = round(config.silence_ratio * mean_size)
     if len(silence) > n_silence:
         silence = rng.sample(silence, n_silence)
@@ -273,12 +300,14 @@ def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfi
         for _ in range(n_silence - len(silence)):
             silence.append(
                 Example(
-                    index[SILENCE_LABEL], None, "noise",
+                    index[SILENCE_LABEL],
+                    None,
+                    "noise",
                     noise_index=rng.randrange(len(corpus.noise_files)),
                     noise_offset=rng.random(),
                     noise_gain=rng.uniform(0.0, 1.0),
                 )
-            )  # fmt: skip
+            )
     examples = keyword_examples + unknown + silence
     examples.sort(key=lambda e: (e.label, str(e.path), e.noise_index, e.noise_offset))
     return examples

@@ -64,9 +64,13 @@ def load_noises(corpus: Corpus, sample_rate: int) -> list[np.ndarray]:
 
 
 def load_split(
-    examples: list[Example], corpus: Corpus, noises: list[np.ndarray], sample_rate: int, clip_samples: int,
+    examples: list[Example],
+    corpus: Corpus,
+    noises: list[np.ndarray],
+    sample_rate: int,
+    clip_samples: int,
     desc: str,
-) -> SplitData:  # fmt: skip
+) -> SplitData:
     """Read every example of a split; unreadable files are skipped with a warning and counted."""
     audio, labels, silence, speakers, paths, skipped = [], [], [], [], [], []
     for ex in _progress(examples, len(examples), desc):
@@ -79,12 +83,16 @@ def load_split(
             source = f"noise:{corpus.noise_files[ex.noise_index % len(noises)].name}@{start}"
         else:
             try:
-                clip = fit_length(load_audio(ex.path, sample_rate), clip_samples)
+                audio = load_audio(ex.path, sample_rate)
+                if ex.crop_offset >= 0:
+                    start = int(ex.crop_offset * max(len(audio) - clip_samples, 0))
+                    audio = audio[start : start + clip_samples]
+                clip = fit_length(audio, clip_samples)
             except AudioError as exc:
                 logger.warning("skipping %s", exc)
                 skipped.append(str(ex.path))
                 continue
-            source = str(ex.path)
+            source = str(ex.path) if ex.crop_offset < 0 else f"{ex.path}@{ex.crop_offset:.3f}"
         audio.append(float_to_int16(clip))
         labels.append(ex.label)
         silence.append(ex.path is None or ex.speaker == "noise")
@@ -114,9 +122,14 @@ class PreparedData:
 
 
 def prepare(
-    config: DataConfig, sample_rate: int, clip_samples: int, seed: int, splits: tuple[str, ...],
-    labels: list[str] | None = None, split_mode: str = "auto",
-) -> PreparedData:  # fmt: skip
+    config: DataConfig,
+    sample_rate: int,
+    clip_samples: int,
+    seed: int,
+    splits: tuple[str, ...],
+    labels: list[str] | None = None,
+    split_mode: str = "auto",
+) -> PreparedData:
     """Scan ``config.roots``, resolve the labels (or use the given ones) and load the requested splits."""
     corpus = load_corpus(config, split_mode)
     labels = labels or resolve_labels(config.labels, corpus.words)
@@ -138,6 +151,7 @@ def speech_context_clips(prepared: PreparedData, sample_rate: int, limit: int, s
     """Up to ``limit`` non-keyword training utterances (float32), for context augmentation."""
     keywords = set(prepared.labels)
     paths = [c.path for c in prepared.corpus.clips if c.split == "train" and c.word not in keywords]
+    paths += list(prepared.corpus.negatives)
     rng = np.random.default_rng(seed)
     if len(paths) > limit:
         paths = [paths[i] for i in sorted(rng.choice(len(paths), limit, replace=False))]

@@ -45,8 +45,10 @@ def fetch(url: str, dest: Path) -> None:
         response = urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS)  # noqa: S310 (fixed https URL)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise KWSError(f"cannot download {url} ({reason}); download it on a machine with network access and "
-                       f"run `kws download --archive FILE`") from None  # fmt: skip
+        raise KWSError(
+            f"cannot download {url} ({reason}); download it on a machine with network access and "
+            f"run `kws download --archive FILE`"
+        ) from None
     total = int(response.headers.get("Content-Length") or 0)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
@@ -84,12 +86,21 @@ def verify_and_extract(archive: Path, expected: str | None, out_dir: Path) -> Pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", dest="dataset", choices=list(ARCHIVES), default="v0.02",
-                        help="which archive: the full v0.01 or v0.02 dataset, or the v0.02 12-class test archive "
-                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--version",
+        dest="dataset",
+        choices=list(ARCHIVES),
+        default="v0.02",
+        help="which archive: the full v0.01 or v0.02 dataset, or the v0.02 12-class test archive "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=Path("data"), help="where to extract (default: %(default)s)")
-    parser.add_argument("--archive", type=Path, default=None,
-                        help="verify and extract an archive already downloaded, instead of fetching it")  # fmt: skip
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="verify and extract an archive already downloaded, instead of fetching it",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

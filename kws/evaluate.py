@@ -51,8 +51,11 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {
-            "precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support),
-        }  # fmt: skip
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support),
+        }
     return {
         "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
         "clips": int(cm.sum()),
@@ -81,8 +84,15 @@ def plot_confusion(report: dict[str, Any], path: Path, title: str) -> None:
     for i in range(len(labels)):
         for j in range(len(labels)):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_title(f"{title}\naccuracy {100 * report['accuracy']:.2f}% on {report['clips']} clips", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -108,8 +118,10 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str, title: str) -
 
 def format_report(report: dict[str, Any]) -> str:
     """A human-readable per-class table."""
-    lines = [f"accuracy {100 * report['accuracy']:.2f}% on {report['clips']} clips "
-             f"({report.get('speakers', '?')} speakers)", f"{'class':<12} {'precision':>9} {'recall':>7} {'n':>5}"]  # fmt: skip
+    lines = [
+        f"accuracy {100 * report['accuracy']:.2f}% on {report['clips']} clips ({report.get('speakers', '?')} speakers)",
+        f"{'class':<12} {'precision':>9} {'recall':>7} {'n':>5}",
+    ]
     for label, m in report["per_class"].items():
         lines.append(f"{label:<12} {100 * m['precision']:>8.1f}% {100 * m['recall']:>6.1f}% {m['support']:>5}")
     return "\n".join(lines)
@@ -117,14 +129,28 @@ def format_report(report: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (e.g. runs/kws/best.pt)")
-    parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
-                        help="Speech Commands folder(s): full dataset, test archive, or several combined")  # fmt: skip
-    parser.add_argument("--split", default="test", choices=[*SPLITS, "all"],
-                        help="which split to score; 'all' scores every clip (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--split-mode", default="auto", choices=["auto", "official", "speaker-hash"],
-                        help="how splits are assigned; must match training (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report folder (default: next to the checkpoint, eval-SPLIT/)")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="Speech Commands folder(s): full dataset, test archive, or several combined",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=[*SPLITS, "all"],
+        help="which split to score; 'all' scores every clip (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--split-mode",
+        default="auto",
+        choices=["auto", "official", "speaker-hash"],
+        help="how splits are assigned; must match training (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: next to the checkpoint, eval-SPLIT/)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,8 +158,15 @@ def run(args: argparse.Namespace) -> int:
     config = run_config(payload)
     data_config = DataConfig(**{**config.data.__dict__, "roots": tuple(args.data)})
     splits = SPLITS if args.split == "all" else (args.split,)
-    prepared = prepare(data_config, config.features.sample_rate, config.features.clip_samples,
-                       config.train.seed, splits, labels=labels, split_mode=args.split_mode)  # fmt: skip
+    prepared = prepare(
+        data_config,
+        config.features.sample_rate,
+        config.features.clip_samples,
+        config.train.seed,
+        splits,
+        labels=labels,
+        split_mode=args.split_mode,
+    )
     data = _concat([prepared.splits[s] for s in splits])
     if len(data) == 0:
         from kws.data import DataError

@@ -62,9 +62,13 @@ class MFCCFrontend(nn.Module):
 
 
 def spec_augment(
-    features: torch.Tensor, time_masks: int, time_width: int, freq_masks: int, freq_width: int,
+    features: torch.Tensor,
+    time_masks: int,
+    time_width: int,
+    freq_masks: int,
+    freq_width: int,
     generator: torch.Generator,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """SpecAugment masks on ``[batch, frames, coeffs]`` (masked values set to 0, the normalised mean)."""
     batch, frames, coeffs = features.shape
     mask = torch.ones_like(features)

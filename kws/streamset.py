@@ -195,9 +195,7 @@ def audio_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
-def file_utterances(
-    paths: Sequence[str | Path], kind: str, label_of: Callable[[Path], str]
-) -> list[Utterance]:
+def file_utterances(paths: Sequence[str | Path], kind: str, label_of: Callable[[Path], str]) -> list[Utterance]:
     """Utterances of audio files, their durations read from the headers (unreadable files skipped, logged)."""
     import soundfile as sf
 
@@ -214,7 +212,10 @@ def file_utterances(
 
 
 def negative_utterances(folder: str | Path) -> list[Utterance]:
-    """The negatives of a folder (any layout; the label is the file's parent folder name).
+    """The held-out negatives of a folder (any layout; the label is the file's parent folder name).
+
+    Only the half of the files that `kws train --negatives` never uses (:func:`kws.data.negative_split`) is
+    returned, so the stream's non-keyword speech is unseen in training whatever the model was trained with.
 
     Raises:
         StreamSetError: the folder does not exist or holds no readable audio.
@@ -222,7 +223,10 @@ def negative_utterances(folder: str | Path) -> list[Utterance]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise StreamSetError(f"negatives folder {folder} does not exist")
-    found = file_utterances(audio_files(folder), KIND_NEGATIVE, lambda p: p.parent.name)
+    from kws.data import negative_split
+
+    held_out = [p for p in audio_files(folder) if negative_split(Path(p)) == "held-out"]
+    found = file_utterances(held_out, KIND_NEGATIVE, lambda p: p.parent.name)
     if not found:
         raise StreamSetError(f"no readable audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
     return found
@@ -539,9 +543,7 @@ def composition(
             "and noise)"
         )
     if comp.unknown_reuses:
-        comp.notes.append(
-            f"{comp.unknown_reuses} unknown-word events reuse a clip (no negatives to fill with)"
-        )
+        comp.notes.append(f"{comp.unknown_reuses} unknown-word events reuse a clip (no negatives to fill with)")
     if comp.negative_reuses:
         comp.notes.append(
             f"{comp.negative_reuses} negative events reuse a recording (all {negatives_available} were used)"
@@ -552,9 +554,7 @@ def composition(
             "duration (a longer stream uses more of them)"
         )
     if negatives_available == 0:
-        comp.notes.append(
-            "no negatives given (--negatives): the only non-keyword speech is unknown-word clips"
-        )
+        comp.notes.append("no negatives given (--negatives): the only non-keyword speech is unknown-word clips")
     return comp
 
 
@@ -713,9 +713,7 @@ def score_detections(
                 break
             if windows[i][0] <= t <= windows[i][1]:
                 inside.append(i)
-        match = next(
-            (i for i in reversed(inside) if keyword_events[i].label == d.keyword and hit_by[i] is None), None
-        )
+        match = next((i for i in reversed(inside) if keyword_events[i].label == d.keyword and hit_by[i] is None), None)
         if match is not None:
             hit_by[match] = di
             hit_pairs.append((di, match))
@@ -741,11 +739,7 @@ def score_detections(
     for label in sorted({e.label for e in keyword_events} | set(fa_keyword)):
         idx = [i for i, e in enumerate(keyword_events) if e.label == label]
         hits = sum(hit_by[i] is not None for i in idx)
-        lat = [
-            float(detections[j].time) - keyword_events[i].word_end
-            for i in idx
-            if (j := hit_by[i]) is not None
-        ]
+        lat = [float(detections[j].time) - keyword_events[i].word_end for i in idx if (j := hit_by[i]) is not None]
         per_keyword[label] = {
             "events": len(idx),
             "hits": hits,

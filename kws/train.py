@@ -30,7 +30,6 @@ from kws.checkpoint import CheckpointError, atomic_write, load_checkpoint, run_c
 from kws.config import (
     AugmentConfig,
     DataConfig,
-    FeatureConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -136,8 +135,12 @@ def _payload(model, optimizer, scheduler, config, labels, epoch, step, best, his
     }
 
 
-def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: str = "auto") -> Path:
-    """Train (or resume) a run in ``out_dir``; returns the path of the best checkpoint."""
+def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: str = "auto", threads: int = 0) -> Path:
+    """Train (or resume) a run in ``out_dir``; returns the path of the best checkpoint.
+
+    Args:
+        threads: CPU threads for torch (0: every core).
+    """
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / LAST, out_dir / BEST
     state: dict[str, Any] | None = None
@@ -155,7 +158,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
 
     device = _device(device_name)
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     fc, tc = config.features, config.train
     prepared = prepare(config.data, fc.sample_rate, fc.clip_samples, tc.seed, ("train", "validation", "test"))
     labels = prepared.labels
@@ -188,13 +191,15 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
         start_epoch, step, best, history = state["epoch"], state["step"], state["best_accuracy"], state["history"]
 
     augmenter = Augmenter(
-        config.augment, fc.sample_rate, prepared.noises,
+        config.augment,
+        fc.sample_rate,
+        prepared.noises,
         speech_context_clips(prepared, fc.sample_rate, CONTEXT_SPEECH_CLIPS, tc.seed)
-        if config.augment.context_prob else [],
-    )  # fmt: skip
+        if config.augment.context_prob
+        else [],
+    )
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model: %d parameters, %d labels; %d steps/epoch on %s", n_params, len(labels),
-                steps_per_epoch, device)  # fmt: skip
+    logger.info("model: %d parameters, %d labels; %d steps/epoch on %s", n_params, len(labels), steps_per_epoch, device)
     clip_frames = fc.num_frames(fc.clip_samples)
     started = time.monotonic()
     from tqdm import tqdm
@@ -206,7 +211,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
         gen = torch.Generator().manual_seed(tc.seed * 100_019 + epoch)
         order = rng.permutation(len(train_data))
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=1.0, disable=None)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=1.0, disable=None
+        )
         for b in bar:
             idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
             audio = augmenter.batch(list(train_data.float_audio(idx)), list(train_data.silence[idx]), rng)
@@ -214,8 +221,9 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
             feats = model.frontend(torch.from_numpy(audio).to(device))
             a = config.augment
             if a.time_masks or a.freq_masks:
-                feats = spec_augment(feats.cpu(), a.time_masks, a.time_mask_frames, a.freq_masks,
-                                     a.freq_mask_bins, gen).to(device)  # fmt: skip
+                feats = spec_augment(
+                    feats.cpu(), a.time_masks, a.time_mask_frames, a.freq_masks, a.freq_mask_bins, gen
+                ).to(device)
             logits = model.pool(model(feats)[0][:, -clip_frames:])
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -236,17 +244,30 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
         scored = ema if ema is not None else model
         val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels, device) if len(val_data) else (0, 0)
         record = {
-            "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-            "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "val_loss": val_loss, "val_accuracy": val_acc, "minutes": (time.monotonic() - started) / 60,
-        }  # fmt: skip
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "minutes": (time.monotonic() - started) / 60,
+        }
         history.append(record)
-        logger.info("epoch %d/%d: loss %.3f, train acc %.1f%%, val acc %.2f%% (%.1f min)", epoch + 1, tc.epochs,
-                    record["train_loss"], 100 * record["train_accuracy"], 100 * val_acc, record["minutes"])  # fmt: skip
+        logger.info(
+            "epoch %d/%d: loss %.3f, train acc %.1f%%, val acc %.2f%% (%.1f min)",
+            epoch + 1,
+            tc.epochs,
+            record["train_loss"],
+            100 * record["train_accuracy"],
+            100 * val_acc,
+            record["minutes"],
+        )
         improved = val_acc > best
         best = max(best, val_acc)
-        payload = _payload(scored, optimizer, scheduler, config, labels, epoch + 1, step, best, history,
-                           prepared.summary)  # fmt: skip
+        payload = _payload(
+            scored, optimizer, scheduler, config, labels, epoch + 1, step, best, history, prepared.summary
+        )
         payload["train_model"] = model.state_dict()
         if improved:
             save_checkpoint(best_path, payload)
@@ -286,31 +307,68 @@ def _log_summary(prepared: PreparedData) -> None:
     for split in ("train", "validation", "test"):
         s = prepared.summary.get(split)
         if isinstance(s, dict):
-            logger.info("%s: %d clips, %d speakers, per class %s", split, s["clips"], s["speakers"],
-                        ", ".join(f"{k} {v}" for k, v in s["per_class"].items()))  # fmt: skip
+            logger.info(
+                "%s: %d clips, %d speakers, per class %s",
+                split,
+                s["clips"],
+                s["speakers"],
+                ", ".join(f"{k} {v}" for k, v in s["per_class"].items()),
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = RunConfig()
     g = parser.add_argument_group("data")
-    g.add_argument("--data", nargs="+", metavar="DIR",
-                   help="Speech Commands folder(s): the full dataset (v0.01/v0.02), the 12-class test archive, "
-                        "or several combined (splits stay speaker-disjoint across them)")  # fmt: skip
-    g.add_argument("--extra-train", nargs="+", default=[], metavar="DIR",
-                   help="extra Speech Commands-layout folder(s) used for training only, e.g. `kws tts` output")  # fmt: skip
-    g.add_argument("--labels", default=d.data.labels,
-                   help="'standard' (10 keywords + _silence_ + _unknown_), 'all' (every word), or a comma-separated "
-                        "keyword list (default: %(default)s)")  # fmt: skip
-    g.add_argument("--unknown-ratio", type=float, default=d.data.unknown_ratio,
-                   help="_unknown_ clips per keyword class size (default: %(default)s)")  # fmt: skip
-    g.add_argument("--silence-ratio", type=float, default=d.data.silence_ratio,
-                   help="_silence_ clips per keyword class size (default: %(default)s)")  # fmt: skip
+    g.add_argument(
+        "--data",
+        nargs="+",
+        metavar="DIR",
+        help="Speech Commands folder(s): the full dataset (v0.01/v0.02), the 12-class test archive, "
+        "or several combined (splits stay speaker-disjoint across them)",
+    )
+    g.add_argument(
+        "--extra-train",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="extra Speech Commands-layout folder(s) used for training only, e.g. `kws tts` output",
+    )
+    g.add_argument(
+        "--negatives",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="folder(s) of non-keyword speech (any layout): 1 s crops of half of the files (by a fixed hash) join "
+        "_unknown_ in training; `kws bench --negatives` streams the other half",
+    )
+    g.add_argument(
+        "--labels",
+        default=d.data.labels,
+        help="'standard' (10 keywords + _silence_ + _unknown_), 'all' (every word), or a comma-separated "
+        "keyword list (default: %(default)s)",
+    )
+    g.add_argument(
+        "--unknown-ratio",
+        type=float,
+        default=d.data.unknown_ratio,
+        help="_unknown_ clips per keyword class size (default: %(default)s)",
+    )
+    g.add_argument(
+        "--silence-ratio",
+        type=float,
+        default=d.data.silence_ratio,
+        help="_silence_ clips per keyword class size (default: %(default)s)",
+    )
     g = parser.add_argument_group("model")
     g.add_argument("--n-mfcc", type=int, default=d.features.n_mfcc, help="MFCC coefficients (default: %(default)s)")
     g.add_argument("--hidden-size", type=int, default=d.model.hidden_size, help="LSTM units (default: %(default)s)")
     g.add_argument("--layers", type=int, default=d.model.num_layers, help="LSTM layers (default: %(default)s)")
-    g.add_argument("--proj-size", type=int, default=d.model.proj_size,
-                   help="LSTM projection size, 0 for none (default: %(default)s)")  # fmt: skip
+    g.add_argument(
+        "--proj-size",
+        type=int,
+        default=d.model.proj_size,
+        help="LSTM projection size, 0 for none (default: %(default)s)",
+    )
     g.add_argument("--dropout", type=float, default=d.model.dropout, help="dropout (default: %(default)s)")
     g = parser.add_argument_group("training")
     g.add_argument("--out", type=Path, default=Path("runs/kws"), help="run folder (default: %(default)s)")
@@ -319,32 +377,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.train.lr, help="peak AdamW learning rate (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.train.seed, help="random seed (default: %(default)s)")
     g.add_argument("--no-augment", action="store_true", help="train without any augmentation")
-    g.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop after the epoch that passes this many minutes (default: no limit)")  # fmt: skip
+    g.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop after the epoch that passes this many minutes (default: no limit)",
+    )
     g.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (default: no limit)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to train (default: CUDA if available, else every CPU core)")  # fmt: skip
-    g.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --out exactly where it stopped (its saved config is used)")  # fmt: skip
+    g.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to train (default: CUDA if available, else every CPU core)",
+    )
+    g.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (default: every core; fewer if the machine is shared)"
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out exactly where it stopped (its saved config is used)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     d = RunConfig()
     return RunConfig(
         features=replace(d.features, n_mfcc=args.n_mfcc, n_mels=max(d.features.n_mels, args.n_mfcc)),
-        model=ModelConfig(n_inputs=args.n_mfcc, hidden_size=args.hidden_size, num_layers=args.layers,
-                          proj_size=args.proj_size, dropout=args.dropout),  # fmt: skip
-        data=DataConfig(roots=tuple(args.data or ()), extra_train=tuple(args.extra_train), labels=args.labels, unknown_ratio=args.unknown_ratio,
-                        silence_ratio=args.silence_ratio),  # fmt: skip
+        model=ModelConfig(
+            n_inputs=args.n_mfcc,
+            hidden_size=args.hidden_size,
+            num_layers=args.layers,
+            proj_size=args.proj_size,
+            dropout=args.dropout,
+        ),
+        data=DataConfig(
+            roots=tuple(args.data or ()),
+            extra_train=tuple(args.extra_train),
+            negatives=tuple(args.negatives),
+            labels=args.labels,
+            unknown_ratio=args.unknown_ratio,
+            silence_ratio=args.silence_ratio,
+        ),
         augment=AugmentConfig.none() if args.no_augment else d.augment,
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          max_minutes=args.max_minutes, max_steps=args.max_steps),  # fmt: skip
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            max_minutes=args.max_minutes,
+            max_steps=args.max_steps,
+        ),
     )
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.resume and not args.data:
         raise KWSError("--data is required (a Speech Commands folder; `kws download` fetches one)")
-    best = train(config_from_args(args), args.out, resume=args.resume, device_name=args.device)
+    best = train(config_from_args(args), args.out, resume=args.resume, device_name=args.device, threads=args.threads)
     print(f"best checkpoint: {best}")
     return 0

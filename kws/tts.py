@@ -25,11 +25,60 @@ from kws.errors import KWSError
 logger = logging.getLogger(__name__)
 
 DIALECTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
-VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2",
-            "klatt3", "klatt4", "croak", "whisper", "Alex", "Andy", "Annie", "Denis", "Gene", "Jacky", "Lee",
-            "Mike", "adam", "anika", "aunty", "boris", "caleb", "david", "ed", "edward", "grandma", "grandpa",
-            "iven", "john", "linda", "max", "michel", "norbert", "paul", "pedro", "quincy", "rob", "robert",
-            "steph", "travis", "victor", "zac")  # fmt: skip
+VARIANTS = (
+    "",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "croak",
+    "whisper",
+    "Alex",
+    "Andy",
+    "Annie",
+    "Denis",
+    "Gene",
+    "Jacky",
+    "Lee",
+    "Mike",
+    "adam",
+    "anika",
+    "aunty",
+    "boris",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "grandma",
+    "grandpa",
+    "iven",
+    "john",
+    "linda",
+    "max",
+    "michel",
+    "norbert",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "steph",
+    "travis",
+    "victor",
+    "zac",
+)
 SPEED_WPM = (110, 200)
 PITCH = (25, 75)
 
@@ -78,8 +127,11 @@ def generate(out: Path, words: tuple[str, ...], per_word: int, seed: int) -> int
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write (full Speech Commands layout)")
-    parser.add_argument("--words", default="all",
-                        help="comma-separated words, or 'all' for the 35 words of v0.02 (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--words",
+        default="all",
+        help="comma-separated words, or 'all' for the 35 words of v0.02 (default: %(default)s)",
+    )
     parser.add_argument("--per-word", type=int, default=200, help="clips per word (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 

@@ -77,10 +77,9 @@ def export_stream_model(checkpoint: Path, out_dir: Path, int8: bool = False) -> 
     ``out_dir`` the first time; later calls in the session return the same file."""
     key = (checkpoint, "int8" if int8 else "fp32")
     if key not in _exported:
+        from kws.checkpoint import model_from_checkpoint
         from kws.export.onnx_export import export_stream_model as export
         from kws.export.onnx_export import save_model
-
-        from kws.checkpoint import model_from_checkpoint
 
         fp32 = _exported.get((checkpoint, "fp32"))
         if fp32 is None:

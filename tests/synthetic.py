@@ -63,9 +63,13 @@ def make_noise_files(folder: Path, seconds: float = 5.0, seed: int = 0) -> None:
 
 
 def make_full_dataset(
-    root: Path, words: tuple[str, ...] = KEYWORDS + OTHER_WORDS, speakers: int = 20, clips_per_speaker: int = 2,
-    seed: int = 0, noise: bool = True,
-) -> Path:  # fmt: skip
+    root: Path,
+    words: tuple[str, ...] = KEYWORDS + OTHER_WORDS,
+    speakers: int = 20,
+    clips_per_speaker: int = 2,
+    seed: int = 0,
+    noise: bool = True,
+) -> Path:
     """A full-layout dataset: ``root/WORD/SPEAKER_nohash_N.wav`` and ``root/_background_noise_/``."""
     rng = np.random.default_rng(seed)
     for word in words:
@@ -81,9 +85,12 @@ def make_full_dataset(
 
 
 def make_test_archive(
-    root: Path, keywords: tuple[str, ...] = KEYWORDS, others: tuple[str, ...] = OTHER_WORDS, speakers: int = 6,
+    root: Path,
+    keywords: tuple[str, ...] = KEYWORDS,
+    others: tuple[str, ...] = OTHER_WORDS,
+    speakers: int = 6,
     seed: int = 1,
-) -> Path:  # fmt: skip
+) -> Path:
     """A 12-class-test-archive layout: keyword folders, ``_unknown_/WORD_SPEAKER_nohash_N.wav``, ``_silence_``."""
     rng = np.random.default_rng(seed)
     for s in range(speakers):
@@ -93,8 +100,12 @@ def make_test_archive(
             sf.write(root / word / f"{speaker}_nohash_0.wav", synth_clip(word, rng), SAMPLE_RATE, subtype="PCM_16")
         (root / "_unknown_").mkdir(parents=True, exist_ok=True)
         for word in others:
-            sf.write(root / "_unknown_" / f"{word}_{speaker}_nohash_0.wav", synth_clip(word, rng), SAMPLE_RATE,
-                     subtype="PCM_16")  # fmt: skip
+            sf.write(
+                root / "_unknown_" / f"{word}_{speaker}_nohash_0.wav",
+                synth_clip(word, rng),
+                SAMPLE_RATE,
+                subtype="PCM_16",
+            )
         (root / "_silence_").mkdir(parents=True, exist_ok=True)
         sf.write(root / "_silence_" / f"{1000 + s}.wav", synth_clip(None, rng), SAMPLE_RATE, subtype="PCM_16")
     return root

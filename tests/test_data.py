@@ -12,13 +12,23 @@ from kws.audio import load_audio
 from kws.config import DataConfig
 from kws.data import DataError, build_split, detect_layout, load_corpus, resolve_labels, which_set
 from kws.dataset import prepare
-from synthetic import KEYWORDS, make_full_dataset, make_test_archive
+from synthetic import KEYWORDS, make_full_dataset
 
 # Real entries of the official Speech Commands v0.01 validation_list.txt and testing_list.txt.
-OFFICIAL_VALIDATION = ("on/e54a0f16_nohash_4.wav", "down/ad63d93c_nohash_4.wav", "seven/61bcb275_nohash_0.wav",
-                       "bird/8335f893_nohash_0.wav", "bed/026290a7_nohash_0.wav")  # fmt: skip
-OFFICIAL_TESTING = ("on/9a7c1f83_nohash_6.wav", "up/c518d1b1_nohash_1.wav", "right/3f2b358d_nohash_1.wav",
-                    "zero/9a7c1f83_nohash_1.wav", "cat/0487ba9b_nohash_0.wav")  # fmt: skip
+OFFICIAL_VALIDATION = (
+    "on/e54a0f16_nohash_4.wav",
+    "down/ad63d93c_nohash_4.wav",
+    "seven/61bcb275_nohash_0.wav",
+    "bird/8335f893_nohash_0.wav",
+    "bed/026290a7_nohash_0.wav",
+)
+OFFICIAL_TESTING = (
+    "on/9a7c1f83_nohash_6.wav",
+    "up/c518d1b1_nohash_1.wav",
+    "right/3f2b358d_nohash_1.wav",
+    "zero/9a7c1f83_nohash_1.wav",
+    "cat/0487ba9b_nohash_0.wav",
+)
 
 
 class TestSplitRule:

@@ -19,32 +19,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from kws.export import checks  # noqa: E402
-from kws.export.onnx_export import (  # noqa: E402
-    ExportError,
-    export_clip_model,
-    export_stream_model,
-    read_metadata,
-    save_model,
-)
-from kws.export.pipeline import choose_quantization, sign_test, synthetic_clips  # noqa: E402
-from kws.export.quantize import (  # noqa: E402
-    QUANT_DYNAMIC,
-    QUANT_STATIC,
-    ClipCalibrationReader,
-    StreamCalibrationReader,
-    quantize_dynamic_model,
-    quantize_static_model,
-)
-from kws.export.streaming import (  # noqa: E402
-    StreamBuffer,
-    pool_scores,
-    run_stream,
-    stream_chunks,
-    zero_states,
-)
-from synthetic import KEYWORDS, synth_clip  # noqa: E402
-
 from kws import __version__  # noqa: E402
 from kws.checkpoint import save_checkpoint  # noqa: E402
 from kws.cli import main  # noqa: E402
@@ -74,7 +48,32 @@ from kws.constants import (  # noqa: E402
     STATE_H_IN,
     STATE_H_OUT,
 )
+from kws.export import checks  # noqa: E402
+from kws.export.onnx_export import (  # noqa: E402
+    ExportError,
+    export_clip_model,
+    export_stream_model,
+    read_metadata,
+    save_model,
+)
+from kws.export.pipeline import choose_quantization, sign_test, synthetic_clips  # noqa: E402
+from kws.export.quantize import (  # noqa: E402
+    QUANT_DYNAMIC,
+    QUANT_STATIC,
+    ClipCalibrationReader,
+    StreamCalibrationReader,
+    quantize_dynamic_model,
+    quantize_static_model,
+)
+from kws.export.streaming import (  # noqa: E402
+    StreamBuffer,
+    pool_scores,
+    run_stream,
+    stream_chunks,
+    zero_states,
+)
 from kws.model import KWSModel  # noqa: E402
+from synthetic import KEYWORDS, synth_clip  # noqa: E402
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
 EVALUATION = {"test": {"accuracy": 0.75, "clips": 40}}

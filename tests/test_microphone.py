@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from _pulse import RECORD_RATE, LineCollector, VirtualMic, virtual_mic
 from _tools import export_stream_model, kws_command, read_json_lines, run_checked
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from onnx import TensorProto, helper, numpy_helper
+
 from _pi import PiRoot, build_pi_root
 from _tools import export_stream_model, kws_command, read_json_lines, run_checked
-from onnx import TensorProto, helper, numpy_helper
 
 pytestmark = pytest.mark.slow
 

@@ -24,6 +24,12 @@ import numpy as np
 import onnx
 import pytest
 import soundfile as sf
+from onnx import TensorProto, helper, numpy_helper
+
+from kws import constants as C
+from kws.audio import AudioError
+from kws.cli import main as cli_main
+from kws.config import ConfigError
 from kws.runtime import (
     DeviceError,
     DeviceLostError,
@@ -45,12 +51,6 @@ from kws.runtime import (
 from kws.runtime import config as runtime_config
 from kws.runtime import model as runtime_model
 from kws.runtime import sources as runtime_sources
-from onnx import TensorProto, helper, numpy_helper
-
-from kws import constants as C
-from kws.audio import AudioError
-from kws.cli import main as cli_main
-from kws.config import ConfigError
 
 RATE = 16_000
 WINDOW = 512  # n_fft of the default FeatureConfig (30 ms window at 16 kHz)

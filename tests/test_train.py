@@ -70,8 +70,9 @@ class TestBadInput:
         assert code == 2 and err.count("\n") == 0 and "does not exist" in err
 
     def test_unknown_label(self, tmp_path: Path, full_dataset: Path, capsys) -> None:
-        code, err = self._run(capsys, "train", "--data", str(full_dataset), "--labels", "yes,banana",
-                              "--out", str(tmp_path / "run"))  # fmt: skip
+        code, err = self._run(
+            capsys, "train", "--data", str(full_dataset), "--labels", "yes,banana", "--out", str(tmp_path / "run")
+        )
         assert code == 2 and "banana" in err and err.count("\n") == 0
 
     def test_existing_run_is_not_overwritten(self, tiny_checkpoint: Path, full_dataset: Path, capsys) -> None:
