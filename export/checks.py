@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from kws.export.streaming import StreamBuffer, pool_scores, run_stream, stream_chunks, zero_states
 
 from kws.constants import INPUT_AUDIO, OUTPUT_SCORES
+from kws.export.streaming import StreamBuffer, pool_scores, run_stream, stream_chunks, zero_states
 
 logger = logging.getLogger(__name__)
 

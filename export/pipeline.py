@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kws.audio import int16_to_float
+from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
+from kws.config import DataConfig, FeatureConfig, RunConfig
+from kws.data import DataError, build_split, detect_layout, load_corpus
 from kws.export import checks as ck
 from kws.export.onnx_export import (
     ExportError,
@@ -41,11 +46,6 @@ from kws.export.quantize import (
     quantize_dynamic_model,
     quantize_static_model,
 )
-
-from kws.audio import int16_to_float
-from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
-from kws.config import DataConfig, FeatureConfig, RunConfig
-from kws.data import DataError, build_split, detect_layout, load_corpus
 
 logger = logging.getLogger(__name__)
 

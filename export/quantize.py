@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from kws.export.onnx_export import ExportError, save_model, set_metadata
-from kws.export.streaming import stream_chunks
 from onnx import helper, numpy_helper
 
 from kws.constants import INPUT_AUDIO, META_QUANTIZATION, STATE_C_IN, STATE_C_OUT, STATE_H_IN, STATE_H_OUT
+from kws.export.onnx_export import ExportError, save_model, set_metadata
+from kws.export.streaming import stream_chunks
 
 logger = logging.getLogger(__name__)
 

@@ -83,11 +83,11 @@ def load_split(
             source = f"noise:{corpus.noise_files[ex.noise_index % len(noises)].name}@{start}"
         else:
             try:
-                audio = load_audio(ex.path, sample_rate)
+                samples = load_audio(ex.path, sample_rate)
                 if ex.crop_offset >= 0:
-                    start = int(ex.crop_offset * max(len(audio) - clip_samples, 0))
-                    audio = audio[start : start + clip_samples]
-                clip = fit_length(audio, clip_samples)
+                    start = int(ex.crop_offset * max(len(samples) - clip_samples, 0))
+                    samples = samples[start : start + clip_samples]
+                clip = fit_length(samples, clip_samples)
             except AudioError as exc:
                 logger.warning("skipping %s", exc)
                 skipped.append(str(ex.path))

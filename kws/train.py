@@ -360,6 +360,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="_silence_ clips per keyword class size (default: %(default)s)",
     )
     g = parser.add_argument_group("model")
+    g.add_argument(
+        "--window-ms", type=float, default=d.features.window_ms, help="analysis window (default: %(default)s)"
+    )
+    g.add_argument("--hop-ms", type=float, default=d.features.hop_ms, help="frame hop (default: %(default)s)")
     g.add_argument("--n-mfcc", type=int, default=d.features.n_mfcc, help="MFCC coefficients (default: %(default)s)")
     g.add_argument("--hidden-size", type=int, default=d.model.hidden_size, help="LSTM units (default: %(default)s)")
     g.add_argument("--layers", type=int, default=d.model.num_layers, help="LSTM layers (default: %(default)s)")
@@ -403,7 +407,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     d = RunConfig()
     return RunConfig(
-        features=replace(d.features, n_mfcc=args.n_mfcc, n_mels=max(d.features.n_mels, args.n_mfcc)),
+        features=replace(
+            d.features,
+            window_ms=args.window_ms,
+            hop_ms=args.hop_ms,
+            n_mfcc=args.n_mfcc,
+            n_mels=max(d.features.n_mels, args.n_mfcc),
+        ),
         model=ModelConfig(
             n_inputs=args.n_mfcc,
             hidden_size=args.hidden_size,

@@ -30,6 +30,7 @@ import logging
 from time import perf_counter
 
 import numpy as np
+
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
 from kws.runtime.model import POOL_LAST, POOL_MEAN, BoundStep, StreamingModel
 

@@ -24,6 +24,7 @@ from datetime import datetime
 from types import FrameType
 from typing import TextIO
 
+from kws.config import ConfigError
 from kws.runtime.config import (
     DEFAULT_CHUNK_MS,
     DEFAULT_LANES,
@@ -38,8 +39,6 @@ from kws.runtime.config import (
 from kws.runtime.detect import Detection, KeywordSpotter
 from kws.runtime.sources import AudioSource, format_devices, list_input_devices, open_source
 from kws.runtime.stream import StreamRunner
-
-from kws.config import ConfigError
 
 PROG = "kws listen"
 

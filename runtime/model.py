@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, PRETRAINED_MODEL_NAME
 
 from kws.constants import (
     INPUT_AUDIO,
@@ -35,6 +34,7 @@ from kws.constants import (
     OUTPUT_SCORES,
 )
 from kws.errors import KWSError
+from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, PRETRAINED_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from kws.runtime.config import DEFAULT_THREADS, SpotterConfig
 from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace
 from kws.runtime.model import StreamingModel

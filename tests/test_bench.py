@@ -228,12 +228,21 @@ class TestRenderStream:
         assert sum(comp.keywords_per_label.values()) == comp.keyword_events
 
     def test_negatives_folder_is_read_recursively_at_any_rate(self, tmp_path) -> None:
+        from kws.data import negative_split
+
         (tmp_path / "a").mkdir()
-        sf.write(tmp_path / "a" / "x.flac", np.zeros(22050, np.float32), 22050)
-        sf.write(tmp_path / "y.wav", np.zeros(8000, np.float32), 8000)
+        (tmp_path / "b").mkdir()
+        written = []
+        for i in range(8):  # two rates, two folders; only the held-out half (fixed hash) is streamed
+            rate = 22050 if i % 2 else 8000
+            path = tmp_path / ("a" if i < 4 else "b") / f"{i}.{'flac' if i % 2 else 'wav'}"
+            sf.write(path, np.zeros(rate, np.float32), rate)
+            written.append(path)
         (tmp_path / "notes.txt").write_text("not audio")
         found = negative_utterances(tmp_path)
-        assert sorted((u.label, u.seconds) for u in found) == [("a", 1.0), (tmp_path.name, 1.0)]
+        expected = sorted((p.parent.name, 1.0) for p in written if negative_split(p) == "held-out")
+        assert 0 < len(expected) < len(written), "the fixed hash holds out some files, not all"
+        assert sorted((u.label, u.seconds) for u in found) == expected
         assert len(found[0].load(SAMPLE_RATE)) == SAMPLE_RATE
 
 

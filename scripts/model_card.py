@@ -1,0 +1,111 @@
+"""Write kws/pretrained/MODEL_CARD.md from the training checkpoint, the export report and the bench report.
+
+    python scripts/model_card.py RUN/best.pt kws/pretrained/kws.export.json BENCH/bench.json OUT.md
+
+Every figure in the card is read from those files (made by `kws train`, `kws export` and `kws bench`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kws.checkpoint import load_checkpoint, run_config
+from kws.config import to_dict
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
+    payload = load_checkpoint(ckpt)
+    config = run_config(payload)
+    summary = payload["data_summary"]
+    exported = json.loads(export_json.read_text())
+    bench = json.loads(bench_json.read_text())
+    lines = [
+        "# Model card: kws shipped model (`kws/pretrained/`)",
+        "",
+        "A 12-class Speech Commands keyword spotter (`yes no up down left right on off stop go` + `_silence_` + "
+        "`_unknown_`): torchaudio MFCC + stacked LSTM, exported to ONNX with the MFCC inside the graph and "
+        f"quantized to int8 ({exported['quantization']}: {exported['reason']}).",
+        "",
+        "## Files",
+        "",
+        "| file | what | size |",
+        "|---|---|---|",
+    ]
+    for name in ("kws.stream.int8.onnx", "kws.int8.onnx"):
+        path = out.parent / name
+        what = "streaming step, used by `kws listen`" if "stream" in name else "whole clip (1 s)"
+        lines.append(f"| `{name}` | {what} | {path.stat().st_size / 1024:.0f} KiB |")
+    lines += [
+        "",
+        "## How it was made",
+        "",
+        "`make pretrained` (= `scripts/make_pretrained.sh ../shared/data`): `kws train` with the defaults below on the",
+        "real data in `../shared/data`, `kws export` (all checks passed: " + str(exported["passed"]) + "), then",
+        "`kws bench`.",
+        "",
+        "```json",
+        json.dumps(to_dict(config), indent=1),
+        "```",
+        "",
+        f"Trained for {payload['epoch']} epochs ({payload['step']} steps); best validation accuracy "
+        f"{pct(payload['best_accuracy'])}.",
+        "",
+        "## Data (speaker-disjoint splits)",
+        "",
+        "| split | clips | speakers | clips per class |",
+        "|---|---|---|---|",
+    ]
+    for split in ("train", "validation", "test"):
+        s = summary[split]
+        per = ", ".join(f"{k} {v}" for k, v in s["per_class"].items())
+        lines.append(f"| {split} | {s['clips']} | {s['speakers']} | {per} |")
+    data = bench["data"]
+    acc = bench["accuracy"]
+    st = bench["streaming"]["default"]
+    lines += [
+        "",
+        "Roots: " + ", ".join(f"`{Path(r).name}`" for r in summary["roots"]) + ". Non-keyword speech "
+        "(`wake_word_negatives`, half of the files) joins `_unknown_` in training; the other half is only used by "
+        "`kws bench`.",
+        "",
+        "## Evaluation (from `kws bench`, see `BENCH.md`)",
+        "",
+        f"Test split: {data['clips']} clips, {data['speakers']} speakers, from "
+        + ", ".join(f"`{Path(r).name}`" for r in data["roots"])
+        + ".",
+        "",
+        "| model | 12-class accuracy |",
+        "|---|---|",
+    ]
+    for name, r in acc.items():
+        lines.append(f"| {name} | {pct(r['accuracy'])} |")
+    lines += [
+        "",
+        f"Streaming at the shipped defaults: keyword recall {pct(st['recall'])}, "
+        f"{st['fa_per_hour']:.1f} false accepts per hour of non-keyword audio, median latency "
+        f"{1000 * st['latency_median_s']:.0f} ms after the end of the word.",
+        "",
+        "## Limitations",
+        "",
+        "Trained on about 300 clips per keyword from about 300 speakers: far less than the full Speech Commands "
+        "dataset (about 3,500 per keyword from 2,600 speakers). Accuracy and false-accept figures are well below "
+        "what the full dataset gives; retrain with `kws train --data speech_commands_v0.02` where it is available.",
+        "",
+        "## Licence and attribution",
+        "",
+        "Trained on Speech Commands (Pete Warden, 'Speech Commands: A Dataset for Limited-Vocabulary Speech "
+        "Recognition', 2018), licensed CC BY 4.0, and on Picovoice wake-word-benchmark recordings (Apache-2.0).",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
