@@ -267,7 +267,17 @@ def resolve_models(options: BenchOptions) -> ModelFiles:
 
     out = Path(options.out) / "models"
     logger.info("exporting %s to %s (no --models given)", options.checkpoint, out)
-    result = export_checkpoint(options.checkpoint, out, name=options.name, timing=False)
+    # real clips of the first data folder for the parity checks and (static int8) calibration, as `kws export
+    # --calibration DATA --data DATA` would use
+    result = export_checkpoint(
+        options.checkpoint,
+        out,
+        name=options.name,
+        calibration=options.data[0],
+        data=options.data[0],
+        quantization="dynamic",
+        timing=False,
+    )
     notes: list[str] = []
     if not result.passed:
         failed = [f"{c.name} ({c.subject}: {c.value}, needs {c.limit})" for c in result.checks if c.passed is False]

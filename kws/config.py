@@ -87,10 +87,10 @@ class ModelConfig:
 
     n_inputs: int = 40
     n_labels: int = 12
-    hidden_size: int = 128
+    hidden_size: int = 192
     num_layers: int = 2
     proj_size: int = 0
-    dropout: float = 0.2
+    dropout: float = 0.4
     input_dropout: float = 0.1
     pooling: str = "mean"  # clip logits: "mean" of the per-frame logits, or the "last" frame's
 
