@@ -48,7 +48,8 @@ pretrained: $(VENV)/.dev
 
 ## bench: accuracy / size / speed / streaming detection quality of the shipped model
 bench: $(VENV)/.dev
-	$(BIN)/kws bench --checkpoint $(RUN)/best.pt --data $(DATA)/speech_commands_test_set_v0.02 --negatives $(DATA)/wake_word_negatives --out bench
+	$(BIN)/kws bench --checkpoint $(RUN)/best.pt --models $(RUN)/export --data $(DATA)/speech_commands_test_set_v0.02 \
+		--negatives $(DATA)/wake_word_negatives --stream-minutes 60 --out $(RUN)/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -139,7 +139,10 @@ def run(args: argparse.Namespace) -> int:
     _announce(spotter, source, config)
     runner = StreamRunner(spotter, source, _printer(sys.stdout, args.json, source.live))
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    # SIGINT too: a process started in the background (`cmd &`, nohup, some service managers) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler; listening must stop on it all the same.
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, _on_sigterm) for s in stop_signals} if main_thread else {}
     try:
         runner.run()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal way to stop listening
@@ -148,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         print(f"{PROG}: {runner.stats.summary()}", file=sys.stderr, flush=True)
     return 0
 
