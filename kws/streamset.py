@@ -190,11 +190,6 @@ class Utterance:
         return load_audio(self.source, sample_rate)
 
 
-def audio_files(folder: str | Path) -> list[Path]:
-    """Every audio file under ``folder`` (recursively), sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-
-
 def file_utterances(paths: Sequence[str | Path], kind: str, label_of: Callable[[Path], str]) -> list[Utterance]:
     """Utterances of audio files, their durations read from the headers (unreadable files skipped, logged)."""
     import soundfile as sf
@@ -218,14 +213,12 @@ def negative_utterances(folder: str | Path) -> list[Utterance]:
     returned, so the stream's non-keyword speech is unseen in training whatever the model was trained with.
 
     Raises:
-        StreamSetError: the folder does not exist or holds no readable audio.
+        DataError: the folder does not exist or holds no audio files.
+        StreamSetError: none of its held-out files is readable audio.
     """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise StreamSetError(f"negatives folder {folder} does not exist")
-    from kws.data import negative_split
+    from kws.data import negative_files, negative_split
 
-    held_out = [p for p in audio_files(folder) if negative_split(Path(p)) == "held-out"]
+    held_out = [p for p in negative_files(folder) if negative_split(p) == "held-out"]
     found = file_utterances(held_out, KIND_NEGATIVE, lambda p: p.parent.name)
     if not found:
         raise StreamSetError(f"no readable audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
