@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from kws.augment import Augmenter
-from kws.checkpoint import CheckpointError, atomic_write, load_checkpoint, run_config, save_checkpoint
+from kws.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    model_from_checkpoint,
+    run_config,
+    save_checkpoint,
+)
 from kws.config import (
     AugmentConfig,
     DataConfig,
@@ -37,7 +44,7 @@ from kws.config import (
 )
 from kws.dataset import PreparedData, prepare, speech_context_clips
 from kws.errors import KWSError
-from kws.evaluate import evaluate_split, format_report, write_report
+from kws.evaluate import evaluate_split, format_report, predict, write_report
 from kws.features import spec_augment
 from kws.model import KWSModel
 
@@ -69,18 +76,11 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.no_grad()
-def _accuracy(model: KWSModel, audio: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of whole-clip predictions."""
-    model.eval()
-    correct, loss, n = 0, 0.0, len(labels)
-    for start in range(0, n, 256):
-        x = torch.from_numpy(audio[start : start + 256].astype(np.float32) / 32768.0).to(device)
-        y = torch.from_numpy(labels[start : start + 256]).to(device)
-        logits = model.classify(x)
-        loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return correct / max(n, 1), loss / max(n, 1)
+def _accuracy(model: KWSModel, audio: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of whole-clip predictions of int16 clips ``[clips, samples]``."""
+    probs = predict(model, audio)
+    picked = probs[np.arange(len(labels)), labels]
+    return float((probs.argmax(1) == labels).mean()), float(-np.log(np.maximum(picked, 1e-12)).mean())
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -242,7 +242,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
                 break
         bar.close()
         scored = ema if ema is not None else model
-        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels, device) if len(val_data) else (0, 0)
+        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels) if len(val_data) else (0, 0)
         record = {
             "epoch": epoch + 1,
             "step": step,
@@ -288,14 +288,10 @@ def _final_evaluation(best_path: Path, prepared: PreparedData, device: torch.dev
     if len(test) == 0:
         logger.warning("the test split is empty: no final evaluation")
         return
-    payload = load_checkpoint(best_path)
-    config = run_config(payload)
-    model = KWSModel(config.features, config.model)
-    model.load_state_dict(payload["model"])
-    model.to(device)
-    report = evaluate_split(model, test, prepared.labels)
+    model, _, payload = model_from_checkpoint(best_path)
+    report = evaluate_split(model.to(device), test, prepared.labels)
     report["split"] = "test"
-    report["data"] = list(config.data.roots)
+    report["data"] = list(run_config(payload).data.roots)
     write_report(report, best_path.parent, "test", f"{best_path.name}, test split")
     payload["evaluation"] = {k: report[k] for k in ("accuracy", "clips", "speakers", "split", "data")}
     payload["evaluation"]["per_class_recall"] = {k: v["recall"] for k, v in report["per_class"].items()}
