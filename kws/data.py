@@ -133,10 +133,21 @@ def detect_layout(root: Path) -> str:
     )
 
 
+def _list_key(entry: str) -> str:
+    """``WORD/NAME.wav`` -> ``WORD/NAME``: list entries match clips by stem, whatever the audio format.
+
+    The official lists name ``.wav`` files; a copy stored losslessly as FLAC (or OGG) keeps its split.
+    """
+    entry = entry.strip().replace("\\", "/")
+    stem, dot, ext = entry.rpartition(".")
+    return stem if dot and f".{ext.lower()}" in AUDIO_EXTENSIONS else entry
+
+
 def _read_list(path: Path) -> set[str]:
+    """The entries of an official split list, as :func:`_list_key` keys (empty if the file is absent)."""
     if not path.is_file():
         return set()
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    return {_list_key(line) for line in path.read_text().splitlines() if line.strip()}
 
 
 def scan_root(root: Path, config: DataConfig, split_mode: str) -> tuple[list[Clip], list[Path], str]:
@@ -166,7 +177,7 @@ def scan_root(root: Path, config: DataConfig, split_mode: str) -> tuple[list[Cli
             else:
                 word, speaker, split_name = folder.name, _speaker_of(path.name), path.name
             if has_lists:
-                rel = f"{folder.name}/{path.name}"
+                rel = _list_key(f"{folder.name}/{path.name}")
                 split = "validation" if rel in validation else "test" if rel in testing else "train"
             else:
                 split = which_set(split_name, config.validation_percent, config.testing_percent, salt)

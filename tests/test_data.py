@@ -62,6 +62,25 @@ class TestSplitRule:
         assert by_name[f"yes/{first}"] == "test"
         assert sum(s == "test" for s in by_name.values()) == 1
 
+    def test_flac_clips_keep_their_listed_split(self, tmp_path: Path) -> None:
+        """The official lists name ``.wav`` files; a FLAC copy of the dataset must keep every clip's split."""
+        root = make_full_dataset(tmp_path / "sc", words=("yes", "no"), speakers=6, clips_per_speaker=1)
+        for wav in sorted(root.glob("*/*.wav")):
+            if wav.parent.name in ("yes", "no"):
+                audio, rate = sf.read(wav, dtype="int16")
+                sf.write(wav.with_suffix(".flac"), audio, rate)
+                wav.unlink()
+        names = sorted(f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.flac"))
+        (root / "validation_list.txt").write_text(f"{names[0]}.wav\n")
+        (root / "testing_list.txt").write_text(f"{names[1]}.wav\n{names[2]}.wav\n")
+        corpus = load_corpus(DataConfig(roots=(str(root),)), split="official")
+        by_name = {f"{c.path.parent.name}/{c.path.stem}": c.split for c in corpus.clips}
+        assert all(c.path.suffix == ".flac" for c in corpus.clips)
+        assert [by_name[n] for n in names[:3]] == ["validation", "test", "test"]
+        assert sum(s != "train" for s in by_name.values()) == 3
+        audio = load_audio(corpus.clips[0].path, 16_000)
+        assert audio.dtype == np.float32 and audio.shape == (16_000,)
+
 
 class TestLayouts:
     def test_archive_unknown_words_parsed(self, test_archive: Path) -> None:
