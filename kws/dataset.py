@@ -15,6 +15,10 @@ from kws.data import Corpus, Example, build_split, load_corpus, resolve_labels, 
 
 logger = logging.getLogger(__name__)
 
+CONTEXT_TAIL_SECONDS = 1.0
+"""How much of the end of each non-keyword utterance :func:`speech_context_clips` keeps (the context
+augmentation prepends at most ``AugmentConfig.context_seconds``, 0.8 s by default)."""
+
 
 @dataclass
 class SplitData:
@@ -73,6 +77,7 @@ def load_split(
 ) -> SplitData:
     """Read every example of a split; unreadable files are skipped with a warning and counted."""
     audio, labels, silence, speakers, paths, skipped = [], [], [], [], [], []
+    clip_seconds = clip_samples / sample_rate
     for ex in _progress(examples, len(examples), desc):
         if ex.path is None:
             if not noises:
@@ -83,10 +88,10 @@ def load_split(
             source = f"noise:{corpus.noise_files[ex.noise_index % len(noises)].name}@{start}"
         else:
             try:
-                samples = load_audio(ex.path, sample_rate)
-                if ex.crop_offset >= 0:
-                    start = int(ex.crop_offset * max(len(samples) - clip_samples, 0))
-                    samples = samples[start : start + clip_samples]
+                # Only the clip's window is read: a long file in a word folder costs one clip of memory, and a
+                # crop of a long non-keyword file (crop_offset >= 0) seeks to its window.
+                position = ex.crop_offset if ex.crop_offset >= 0 else 0.0
+                samples = load_audio(ex.path, sample_rate, max_seconds=clip_seconds, position=position)
                 clip = fit_length(samples, clip_samples)
             except AudioError as exc:
                 logger.warning("skipping %s", exc)
@@ -147,8 +152,12 @@ def prepare(
     return PreparedData(labels=labels, corpus=corpus, noises=noises, splits=loaded, summary=summary)
 
 
-def speech_context_clips(prepared: PreparedData, sample_rate: int, limit: int, seed: int) -> list[np.ndarray]:
-    """Up to ``limit`` non-keyword training utterances (float32), for context augmentation."""
+def speech_context_clips(
+    prepared: PreparedData, sample_rate: int, limit: int, seed: int, tail_seconds: float = CONTEXT_TAIL_SECONDS
+) -> list[np.ndarray]:
+    """The ends (last ``tail_seconds``) of up to ``limit`` non-keyword training utterances (float32), for
+    context augmentation (:meth:`kws.augment.Augmenter.context` prepends at most ``context_seconds`` of the
+    end of one; only that much of each file is read)."""
     keywords = set(prepared.labels)
     paths = [c.path for c in prepared.corpus.clips if c.split == "train" and c.word not in keywords]
     paths += list(prepared.corpus.negatives)
@@ -158,7 +167,7 @@ def speech_context_clips(prepared: PreparedData, sample_rate: int, limit: int, s
     clips = []
     for path in paths:
         try:
-            clips.append(load_audio(Path(path), sample_rate))
+            clips.append(load_audio(Path(path), sample_rate, max_seconds=tail_seconds, position=1.0))
         except AudioError as exc:
             logger.warning("skipping %s", exc)
     return clips
