@@ -141,8 +141,7 @@ def parse_thresholds(values: Iterable[str]) -> tuple[float | None, dict[str, flo
         try:
             value = float(number)
         except ValueError:
-            raise ConfigError(f"--threshold {raw!r}: expected VALUE or KEYWORD=VALUE (e.g. 0.8 or yes=0.9)") \
-                from None
+            raise ConfigError(f"--threshold {raw!r}: expected VALUE or KEYWORD=VALUE (e.g. 0.8 or yes=0.9)") from None
         if sep:
             _check(bool(name), f"--threshold {raw!r}: missing keyword before '='")
             per_keyword[name] = value

@@ -52,31 +52,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--device", "-d", metavar="NAME|INDEX",
                         help="microphone: index or (part of) a name from --list-devices")  # fmt: skip
     source.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
-    source.add_argument("--realtime", action="store_true",
-                        help="with --input FILE: process at real-time speed instead of as fast as possible")
+    source.add_argument(
+        "--realtime",
+        action="store_true",
+        help="with --input FILE: process at real-time speed instead of as fast as possible",
+    )
     source.add_argument("--raw-rate", type=int, metavar="HZ", help="rate of --input - (default: the model's)")
     source.add_argument("--raw-channels", type=int, default=1, metavar="N",
                         help="interleaved channels of --input - (default: %(default)s)")  # fmt: skip
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", "-m", metavar="PATH",
-                       help="streaming ONNX model (default: the shipped kws/pretrained/kws.stream.int8.onnx)")
+    model.add_argument(
+        "--model",
+        "-m",
+        metavar="PATH",
+        help="streaming ONNX model (default: the shipped kws/pretrained/kws.stream.int8.onnx)",
+    )
     model.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                        help="onnxruntime intra-op threads (default: %(default)s)")  # fmt: skip
 
     detect = parser.add_argument_group("detection")
-    detect.add_argument("--threshold", "-t", action="append", default=[], metavar="[KEYWORD=]VALUE",
-                        help=f"smoothed posterior needed to report a keyword: a default (e.g. 0.8) "
-                             f"or one keyword's (e.g. yes=0.9); repeatable (default: {DEFAULT_THRESHOLD})")
-    detect.add_argument("--smoothing-ms", type=float, default=DEFAULT_SMOOTHING_MS,
-                        help="moving-average window of the posteriors (default: %(default)g)")
-    detect.add_argument("--refractory-ms", type=float, default=DEFAULT_REFRACTORY_MS,
-                        help="no detection for this long after one (default: %(default)g)")
-    detect.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
-                        help="audio per model call, in whole hops (default: %(default)g)")
-    detect.add_argument("--lanes", type=int, default=DEFAULT_LANES,
-                        help="LSTM states, reset in turn to stay in sync over long streams "
-                             "(default: %(default)s)")
+    detect.add_argument(
+        "--threshold",
+        "-t",
+        action="append",
+        default=[],
+        metavar="[KEYWORD=]VALUE",
+        help=f"smoothed posterior needed to report a keyword: a default (e.g. 0.8) "
+        f"or one keyword's (e.g. yes=0.9); repeatable (default: {DEFAULT_THRESHOLD})",
+    )
+    detect.add_argument(
+        "--smoothing-ms",
+        type=float,
+        default=DEFAULT_SMOOTHING_MS,
+        help="moving-average window of the posteriors (default: %(default)g)",
+    )
+    detect.add_argument(
+        "--refractory-ms",
+        type=float,
+        default=DEFAULT_REFRACTORY_MS,
+        help="no detection for this long after one (default: %(default)g)",
+    )
+    detect.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=DEFAULT_CHUNK_MS,
+        help="audio per model call, in whole hops (default: %(default)g)",
+    )
+    detect.add_argument(
+        "--lanes",
+        type=int,
+        default=DEFAULT_LANES,
+        help="LSTM states, reset in turn to stay in sync over long streams (default: %(default)s)",
+    )
     detect.add_argument("--reset-period-ms", type=float, default=DEFAULT_RESET_PERIOD_MS,
                         help="each lane is reset to zero state this often; 0: never, with --lanes 1 "
                              "(default: %(default)g)")  # fmt: skip

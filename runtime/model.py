@@ -368,9 +368,7 @@ class BoundStep:
             raise ModelError(f"{info.path} does not follow the streaming contract: {'; '.join(problems)}")
 
 
-def load_model(
-    model: str | Path | StreamingModel | None = None, threads: int = DEFAULT_THREADS
-) -> StreamingModel:
+def load_model(model: str | Path | StreamingModel | None = None, threads: int = DEFAULT_THREADS) -> StreamingModel:
     """A :class:`StreamingModel` from a path (None: the shipped model), or ``model`` itself if already loaded.
 
     Raises:

@@ -165,9 +165,7 @@ class FileSource(AudioSource):
         AudioError: the file is missing, unreadable or empty.
     """
 
-    def __init__(
-        self, path: str | Path, sample_rate: int, chunk_seconds: float, realtime: bool = False
-    ) -> None:
+    def __init__(self, path: str | Path, sample_rate: int, chunk_seconds: float, realtime: bool = False) -> None:
         import soundfile as sf
 
         self.path = Path(path)
@@ -409,8 +407,7 @@ class MicrophoneSource(AudioSource):
                     logger.info("input device does not support %d Hz: recording at %d Hz and resampling",
                                 sample_rate, rate)  # fmt: skip
                 return rate, channels
-        raise DeviceError(f"input device {info['index']} ({info['name']}) cannot be opened: "
-                          + "; ".join(tried))
+        raise DeviceError(f"input device {info['index']} ({info['name']}) cannot be opened: " + "; ".join(tried))
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status and status.input_overflow:
