@@ -118,9 +118,7 @@ def _one_line(exc: BaseException) -> str:
 
 def onnx_clip_scores(sess: Any, clips: np.ndarray, batch: int = ORT_BATCH) -> np.ndarray:
     """Scores ``[clips, n_labels]`` of the whole-clip model for float32 clips ``[clips, samples]``."""
-    out = [
-        sess.run([OUTPUT_SCORES], {INPUT_AUDIO: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)
-    ]
+    out = [sess.run([OUTPUT_SCORES], {INPUT_AUDIO: clips[i : i + batch]})[0] for i in range(0, len(clips), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -146,9 +144,7 @@ def stream_scores(
     return (
         np.stack(
             [
-                pool_scores(
-                    run_stream(sess, stream_chunks(clip, context_samples, hop_samples, hops))[0], pooling
-                )
+                pool_scores(run_stream(sess, stream_chunks(clip, context_samples, hop_samples, hops))[0], pooling)
                 for clip in clips
             ]
         )
@@ -164,9 +160,7 @@ def compare_scores(
     diff = float(np.abs(scores - reference).max())
     same = scores.argmax(-1) == reference.argmax(-1)
     return [
-        Check(
-            f"{name}: max |diff| of scores", subject, f"{diff:.2e}", f"<= {tolerance:.0e}", diff <= tolerance
-        ),
+        Check(f"{name}: max |diff| of scores", subject, f"{diff:.2e}", f"<= {tolerance:.0e}", diff <= tolerance),
         Check(
             f"{name}: same top-1",
             subject,
@@ -231,12 +225,8 @@ def check_reference(path: Path, feeds: dict[str, np.ndarray], tolerance: float =
         actual = ReferenceEvaluator(str(path)).run(None, feeds)
     except Exception as exc:
         return Check("ReferenceEvaluator = onnxruntime", name, _one_line(exc), f"<= {tolerance:.0e}", False)
-    diff = max(
-        float(np.abs(np.asarray(a, np.float32) - e).max()) for a, e in zip(actual, expected, strict=True)
-    )
-    return Check(
-        "ReferenceEvaluator = onnxruntime", name, f"{diff:.2e}", f"<= {tolerance:.0e}", diff <= tolerance
-    )
+    diff = max(float(np.abs(np.asarray(a, np.float32) - e).max()) for a, e in zip(actual, expected, strict=True))
+    return Check("ReferenceEvaluator = onnxruntime", name, f"{diff:.2e}", f"<= {tolerance:.0e}", diff <= tolerance)
 
 
 def stream_feeds(
@@ -340,9 +330,7 @@ def stream_call_latency(
     """Median latency of one streaming call with ``hops`` new frames and ``lanes`` lanes (seconds)."""
     rng = np.random.default_rng(0)
     feed = {
-        INPUT_AUDIO: (rng.standard_normal((1, context_samples + hops * hop_samples)) * 0.1).astype(
-            np.float32
-        ),
+        INPUT_AUDIO: (rng.standard_normal((1, context_samples + hops * hop_samples)) * 0.1).astype(np.float32),
         **zero_states(sess, lanes),
     }
     return median_seconds(lambda: sess.run(None, feed), runs)

@@ -38,9 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "checkpoint", type=Path, help="a checkpoint written by `kws train` (e.g. runs/v2/best.pt)"
-    )
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by `kws train` (e.g. runs/v2/best.pt)")
     parser.add_argument(
         "-o", "--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)"
     )

@@ -240,9 +240,7 @@ def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
 
 def read_metadata(source: str | Path | onnx.ModelProto) -> dict[str, str]:
     """The model-level ``metadata_props`` of an ONNX file (weights not loaded) or model."""
-    proto = (
-        source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
-    )
+    proto = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
 
@@ -292,9 +290,7 @@ def _finish(proto: onnx.ModelProto, outputs: Mapping[str, list[int | str]]) -> o
     """
     import onnxscript.optimizer
 
-    proto = onnxscript.optimizer.optimize(
-        proto, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT
-    )
+    proto = onnxscript.optimizer.optimize(proto, input_size_limit=FOLD_SIZE_LIMIT, output_size_limit=FOLD_SIZE_LIMIT)
     _strip_debug_metadata(proto)
     del proto.graph.value_info[:]
     for value in proto.graph.output:

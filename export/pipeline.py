@@ -132,8 +132,7 @@ class ExportResult:
         else:
             failed = sum(c.passed is False and c.required for c in self.checks)
             lines.append(
-                f"{failed} check(s) FAILED: nothing installed; the files and the report are in "
-                f"{self.rejected_dir}"
+                f"{failed} check(s) FAILED: nothing installed; the files and the report are in {self.rejected_dir}"
             )
         return "\n".join(lines)
 
@@ -178,9 +177,7 @@ def _data_config(config: RunConfig, root: Path | str) -> DataConfig:
     return replace(config.data, roots=(str(root),))
 
 
-def load_clips(
-    config: RunConfig, labels: list[str], root: Path | str, split: str, limit: int, seed: int
-) -> EvalSet:
+def load_clips(config: RunConfig, labels: list[str], root: Path | str, split: str, limit: int, seed: int) -> EvalSet:
     """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of a Speech Commands folder.
 
     Read with :mod:`kws.data` (the checkpoint's DataConfig, its labels; words outside them are ``_unknown_``).
@@ -195,9 +192,7 @@ def load_clips(
     if not examples and split != "all":
         logger.warning("%s has no %s clips for these labels; using every split", root, split)
         examples = [
-            e
-            for s in ("train", "validation", "test")
-            for e in build_split(corpus, labels, s, data_config, seed)
+            e for s in ("train", "validation", "test") for e in build_split(corpus, labels, s, data_config, seed)
         ]
     if not examples:
         raise DataError(f"{root} holds no clips of the labels {', '.join(labels)}")
@@ -227,9 +222,7 @@ def _padded(groups: list[list[int]]) -> list[list[int]]:
     return [g + [-1] * (longest - len(g)) for g in groups]
 
 
-def synthetic_clips(
-    clip_samples: int, sample_rate: int, count: int, seed: int = SYNTHETIC_SEED
-) -> np.ndarray:
+def synthetic_clips(clip_samples: int, sample_rate: int, count: int, seed: int = SYNTHETIC_SEED) -> np.ndarray:
     """float32 ``[count, clip_samples]``: noise at several levels, tones, chirps, bursts and near-silence."""
     rng = np.random.default_rng(seed)
     t = np.arange(clip_samples) / sample_rate
@@ -336,9 +329,7 @@ def export_checkpoint(
         KWSError (CheckpointError, DataError, ExportError): bad inputs, before any slow work.
     """
     if quantization not in QUANTIZATION_CHOICES:
-        raise ExportError(
-            f"unknown quantization {quantization!r} (choose from {', '.join(QUANTIZATION_CHOICES)})"
-        )
+        raise ExportError(f"unknown quantization {quantization!r} (choose from {', '.join(QUANTIZATION_CHOICES)})")
     if quantization == "static" and calibration is None:
         raise ExportError("static quantization needs calibration clips: add --calibration DATA")
     if quantization == QUANT_BOTH and calibration is None:
@@ -369,9 +360,7 @@ def export_checkpoint(
     evaluation = payload.get("evaluation")
     eval_set = load_clips(config, labels, data, split, eval_clips, seed) if data is not None else None
     calib_set = (
-        load_clips(config, labels, calibration, "train", calibration_clips, seed)
-        if calibration is not None
-        else None
+        load_clips(config, labels, calibration, "train", calibration_clips, seed) if calibration is not None else None
     )
     real = eval_set if eval_set is not None else calib_set
     if real is not None:
@@ -385,9 +374,7 @@ def export_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
     try:
         options = _Options(name=name, threads=threads, timing=timing, per_channel=per_channel)
-        result = _export_in(
-            staging, model, labels, config, evaluation, variants, parity, eval_set, calib_set, options
-        )
+        result = _export_in(staging, model, labels, config, evaluation, variants, parity, eval_set, calib_set, options)
         return _install(result, staging, out_dir, name)
     finally:
         if staging.exists():
@@ -522,9 +509,7 @@ def _measure_variant(
         row.clip_ms = 1e3 * ck.clip_latency_onnx(clip_q, parity[0])
         row.stream_us = 1e6 * ck.stream_call_latency(stream_q, ctx, hop)
     found = ck.check_structure(paths.clip_int8) + ck.check_structure(paths.stream_int8)
-    found += ck.check_int8(
-        f"int8 {variant} clip", fp32.clip, paths.clip_int8, fp32_row.accuracy, row.accuracy
-    )
+    found += ck.check_int8(f"int8 {variant} clip", fp32.clip, paths.clip_int8, fp32_row.accuracy, row.accuracy)
     found += ck.check_int8(
         f"int8 {variant} stream",
         fp32.stream,
@@ -570,9 +555,7 @@ def _install(result: ExportResult, staging: Path, out_dir: Path, name: str) -> E
     pairs = [(s, f) for s, f in zip(vars(staged).values(), vars(final).values(), strict=True) if s.exists()]
     if result.passed:
         made = {f for _, f in pairs}
-        for path in vars(
-            final
-        ).values():  # e.g. int8 files of an earlier export, now made with --quantization none
+        for path in vars(final).values():  # e.g. int8 files of an earlier export, now made with --quantization none
             if path not in made and path.exists():
                 logger.warning("%s is from an earlier export (this one made no such file)", path)
         for src, dst in pairs:

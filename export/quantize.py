@@ -90,9 +90,7 @@ def classifier_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return lstm, head
 
 
-def _weight_only_int8(
-    model: onnx.ModelProto, name: str, axis: int, consumers: Sequence[onnx.NodeProto]
-) -> bool:
+def _weight_only_int8(model: onnx.ModelProto, name: str, axis: int, consumers: Sequence[onnx.NodeProto]) -> bool:
     """Store the float initializer ``name`` as int8 (symmetric, one scale per slice along ``axis``).
 
     A ``DequantizeLinear`` node recreates the float tensor under a new name, which ``consumers`` then read.
@@ -155,9 +153,7 @@ def compress_frontend_weights(model: onnx.ModelProto) -> int:
         tensor = inits.pop(node.input[1])
         if tensor.data_type != onnx.TensorProto.FLOAT or len(tensor.dims) != 2:
             continue
-        half = numpy_helper.from_array(
-            numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}_fp16"
-        )
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}_fp16")
         model.graph.initializer.remove(tensor)
         model.graph.initializer.append(half)
         cast = helper.make_node(
@@ -191,10 +187,7 @@ def _quiet_quantizer() -> Iterator[None]:
         def filter(self, record: logging.LogRecord) -> bool:
             if record.name != "root":
                 return True
-            return (
-                record.levelno >= logging.WARNING
-                and "pre-processing before quantization" not in record.getMessage()
-            )
+            return record.levelno >= logging.WARNING and "pre-processing before quantization" not in record.getMessage()
 
     hint = _Hint()
     root = logging.getLogger()

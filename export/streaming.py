@@ -23,9 +23,7 @@ def frames_in(num_samples: int, context_samples: int, hop_samples: int) -> int:
     return 0 if num_samples < window else 1 + (num_samples - window) // hop_samples
 
 
-def stream_chunks(
-    audio: np.ndarray, context_samples: int, hop_samples: int, hops: int
-) -> Iterator[np.ndarray]:
+def stream_chunks(audio: np.ndarray, context_samples: int, hop_samples: int, hops: int) -> Iterator[np.ndarray]:
     """Cut ``audio [samples]`` into streaming-model inputs of (up to) ``hops`` new frames each.
 
     Each call gets ``context + k*hop`` samples ending at the last sample its ``k`` frames cover; the frames
@@ -72,9 +70,7 @@ def zero_states(session: Any, lanes: int = 1) -> dict[str, np.ndarray]:
     states = {}
     for inp in session.get_inputs():
         if inp.name in (STATE_H_IN, STATE_C_IN):
-            states[inp.name] = np.zeros(
-                [lanes if not isinstance(d, int) else d for d in inp.shape], np.float32
-            )
+            states[inp.name] = np.zeros([lanes if not isinstance(d, int) else d for d in inp.shape], np.float32)
     return states
 
 
@@ -84,19 +80,13 @@ def run_stream(session: Any, chunks: Iterable[np.ndarray], lanes: int = 1) -> np
     names = [o.name for o in session.get_outputs()]
     logits = []
     for chunk in chunks:
-        out = dict(
-            zip(
-                names, session.run(None, {INPUT_AUDIO: chunk[None].astype(np.float32), **states}), strict=True
-            )
-        )
+        out = dict(zip(names, session.run(None, {INPUT_AUDIO: chunk[None].astype(np.float32), **states}), strict=True))
         logits.append(out[OUTPUT_LOGITS])
         states = {STATE_H_IN: out[STATE_H_OUT], STATE_C_IN: out[STATE_C_OUT]}
     return np.concatenate(logits, axis=1)
 
 
-def stream_clip_logits(
-    session: Any, clip: np.ndarray, context_samples: int, hop_samples: int, hops: int
-) -> np.ndarray:
+def stream_clip_logits(session: Any, clip: np.ndarray, context_samples: int, hop_samples: int, hops: int) -> np.ndarray:
     """Per-frame logits ``[frames, C]`` of a clip streamed ``hops`` frames per call."""
     return run_stream(session, stream_chunks(clip, context_samples, hop_samples, hops))[0]
 
