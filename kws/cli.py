@@ -55,6 +55,15 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    state = {"prog": "kws"}
+    try:
+        return _main(argv, state)
+    except KeyboardInterrupt:  # Ctrl-C at any point: while torch is imported, while parsing, while running
+        print(f"{state['prog']}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str], state: dict[str, str]) -> int:
     top = _top_parser()
     verbose = False
     while argv and argv[0] in ("-v", "--verbose"):
@@ -65,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 2
     name, rest = argv[0], argv[1:]
+    state["prog"] = f"kws {name}"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module_name, help_text = COMMANDS[name]
     try:
@@ -88,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     except KWSError as exc:
         print(f"kws {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"kws {name}: interrupted", file=sys.stderr)
-        return 130
     except OSError as exc:  # e.g. an unwritable output path or a full disk
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"kws {name}: error:{where} {exc.strerror or exc}", file=sys.stderr)
