@@ -7,13 +7,16 @@ An archive you downloaded elsewhere can be verified and extracted with --archive
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 from kws.errors import KWSError
@@ -64,6 +67,70 @@ def fetch(url: str, dest: Path) -> None:
         raise
 
 
+STAGING_PREFIX = ".extract-"
+"""Extraction goes to ``OUT/.extract-PID-XXXX/`` and is renamed into place when complete."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _extract_filter(umask: int):
+    """tarfile's ``data`` filter (no absolute paths, no links out, no devices), then the permissions that
+    ``tar`` without ``-p`` gives a normal user: the archive's modes are not kept; files get
+    ``0o666 & ~umask`` (``0o777`` if executable), folders the default ``0o777 & ~umask``."""
+
+    def extract_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+        member = tarfile.data_filter(member, dest_path)
+        if member.isdir():
+            return member.replace(mode=None, deep=False)  # os.mkdir's default: 0o777 & ~umask
+        if member.isfile():
+            base = 0o777 if member.mode is not None and member.mode & 0o100 else 0o666
+            return member.replace(mode=base & ~umask, deep=False)
+        return member
+
+    return extract_filter
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
+def clean_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the ``.extract-*`` folders that an interrupted (killed) extraction left in ``out_dir``.
+
+    A staging folder is named after the process that writes it; one whose process is still running (another
+    ``kws download`` into the same folder) is left alone. Returns the folders removed.
+    """
+    removed = []
+    for path in sorted(out_dir.glob(STAGING_PREFIX + "*")):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        pid_text = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        logger.info(
+            "removed %d partial extraction folder(s) left by an interrupted kws download in %s: %s",
+            len(removed),
+            out_dir,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
+
 def verify_and_extract(archive: Path, expected: str | None, out_dir: Path) -> Path:
     """Check the SHA-256, then extract into ``out_dir/NAME`` (via a temporary folder, so never half done)."""
     digest = sha256(archive)
@@ -74,14 +141,22 @@ def verify_and_extract(archive: Path, expected: str | None, out_dir: Path) -> Pa
     if target.exists():
         logger.info("%s already exists; not extracting again", target)
         return target
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=out_dir))
+    if not hasattr(tarfile, "data_filter"):
+        raise KWSError("safe extraction needs a Python with tarfile filters (3.10.12+, 3.11.4+, 3.12+)")
+    umask = _umask()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir))
     try:
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; it becomes the dataset folder
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+            tar.extractall(tmp, filter=_extract_filter(umask))
         tmp.rename(target)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except BaseException as exc:  # a failure or Ctrl-C: nothing half-extracted stays behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise KWSError(f"{archive}: not a valid Speech Commands archive ({exc})") from None
+        if isinstance(exc, (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error)):
+            raise KWSError(f"{archive}: not a valid Speech Commands archive ({exc})") from None
+        if isinstance(exc, OSError):  # e.g. a full disk
+            raise KWSError(f"cannot extract {archive} into {out_dir}: {exc.strerror or exc}") from None
+        raise
     return target
 
 
@@ -106,6 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     name, expected = ARCHIVES[args.dataset]
     args.out.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(args.out)
     archive = args.archive
     if archive is None:
         archive = args.out / name

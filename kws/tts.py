@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import subprocess
 import tempfile
@@ -81,6 +82,10 @@ VARIANTS = (
 )
 SPEED_WPM = (110, 200)
 PITCH = (25, 75)
+WORD_PATTERN = re.compile(r"[^\W_][\w'-]*")
+"""A word is a plain name (it becomes a folder under --out and an espeak-ng argument): letters, digits,
+apostrophes, hyphens and underscores, starting with a letter or digit (no path separators, no ``..``, not
+absolute, not an option, not a special folder such as ``_background_noise_``)."""
 
 
 def synthesize(word: str, voice: str, speed: int, pitch: int, workdir: Path) -> np.ndarray:
@@ -96,12 +101,21 @@ def synthesize(word: str, voice: str, speed: int, pitch: int, workdir: Path) -> 
 
 
 def generate(out: Path, words: tuple[str, ...], per_word: int, seed: int) -> int:
-    """Write ``per_word`` clips of every word; returns the number written."""
+    """Write ``per_word`` clips of every word; returns the number written.
+
+    Raises:
+        KWSError: a word is not a plain name, ``per_word`` < 1, espeak-ng is missing, or it produced nothing.
+    """
+    bad = [w for w in words if not WORD_PATTERN.fullmatch(w)]
+    if bad or not words:
+        raise KWSError(f"not plain words: {bad or words!r}")
+    if per_word < 1:
+        raise KWSError(f"--per-word must be at least 1, got {per_word}")
     if shutil.which("espeak-ng") is None:
         raise KWSError("espeak-ng is not installed (Debian/Ubuntu: sudo apt install espeak-ng)")
     rng = np.random.default_rng(seed)
     voices = [d + (f"+{v}" if v else "") for d in DIALECTS for v in VARIANTS]
-    written = 0
+    written = failed = 0
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,6 +128,7 @@ def generate(out: Path, words: tuple[str, ...], per_word: int, seed: int) -> int
                     audio = synthesize(word, voice, speed, pitch, Path(tmp))
                 except (subprocess.SubprocessError, KWSError) as exc:
                     logger.warning("espeak-ng failed for %r with %s: %s", word, voice, exc)
+                    failed += 1
                     continue
                 audio = audio[:SAMPLE_RATE]
                 start = int(rng.integers(0, SAMPLE_RATE - len(audio) + 1))
@@ -122,6 +137,10 @@ def generate(out: Path, words: tuple[str, ...], per_word: int, seed: int) -> int
                 name = f"tts{voice.replace('+', 'x').replace('-', '')}{n:04d}_nohash_0.wav"
                 sf.write(out / word / name, clip, SAMPLE_RATE, subtype="PCM_16")
                 written += 1
+    if not written:
+        raise KWSError(f"espeak-ng produced no clip ({failed} attempts failed; see the warnings)")
+    if failed:
+        logger.warning("espeak-ng failed for %d of %d clips (skipped)", failed, failed + written)
     return written
 
 
@@ -136,8 +155,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
+def parse_words(text: str) -> tuple[str, ...]:
+    """``--words``: 'all' or comma-separated plain words; raises KWSError for anything else."""
+    if text == "all":
+        return V2_WORDS
+    words = tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
+    if not words:
+        raise KWSError(f"--words {text!r} names no word")
+    bad = [w for w in words if not WORD_PATTERN.fullmatch(w)]
+    if bad:
+        raise KWSError(
+            f"--words: {', '.join(map(repr, bad))} is not a plain word (letters, digits, ' - _; "
+            f"no path separators or '..')"
+        )
+    return words
+
+
 def run(args: argparse.Namespace) -> int:
-    words = V2_WORDS if args.words == "all" else tuple(w.strip() for w in args.words.split(",") if w.strip())
+    words = parse_words(args.words)
+    if args.per_word < 1:
+        raise KWSError(f"--per-word must be at least 1, got {args.per_word}")
     n = generate(args.out, words, args.per_word, args.seed)
     print(f"wrote {n} clips to {args.out}")
     return 0
