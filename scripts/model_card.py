@@ -8,18 +8,43 @@ Every figure in the card is read from those files (made by `kws train`, `kws exp
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from kws.checkpoint import load_checkpoint, run_config
-from kws.config import to_dict
+DATA_FOLDER_FIELDS = ("roots", "extra_train", "negatives")
+"""The ``data`` config fields that hold folders (``kws train`` saves them absolute, so a run resumes anywhere)."""
 
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def portable_folders(folders: list[str]) -> list[str]:
+    """Data folders as the card shows them, with nothing of the machine that trained the model: their names
+    (``speech_commands_test_set_v0.02``), or, where two share a name, their paths relative to the folder that
+    holds them all."""
+    names = [Path(f).name for f in folders]
+    if len(set(names)) == len(names):
+        return names
+    common = os.path.commonpath([os.path.abspath(f) for f in folders])
+    return [Path(os.path.relpath(os.path.abspath(f), common)).as_posix() for f in folders]
+
+
+def portable_config(config: dict) -> dict:
+    """``to_dict(run config)`` with the data folders made :func:`portable_folders` (one naming for all)."""
+    data = dict(config.get("data", {}))
+    fields = [k for k in DATA_FOLDER_FIELDS if data.get(k)]
+    flat = portable_folders([f for k in fields for f in data[k]])
+    for k in fields:
+        data[k], flat = flat[: len(data[k])], flat[len(data[k]) :]
+    return {**config, "data": data}
+
+
 def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
+    from kws.checkpoint import load_checkpoint, run_config
+    from kws.config import to_dict
+
     payload = load_checkpoint(ckpt)
     config = run_config(payload)
     summary = payload["data_summary"]
@@ -50,7 +75,7 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         "`kws bench`.",
         "",
         "```json",
-        json.dumps(to_dict(config), indent=1),
+        json.dumps(portable_config(to_dict(config)), indent=1),
         "```",
         "",
         f"Trained for {payload['epoch']} epochs ({payload['step']} steps); best validation accuracy "
@@ -70,14 +95,14 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
     st = bench["streaming"]["default"]
     lines += [
         "",
-        "Roots: " + ", ".join(f"`{Path(r).name}`" for r in summary["roots"]) + ". Non-keyword speech "
+        "Roots: " + ", ".join(f"`{r}`" for r in portable_folders(summary["roots"])) + ". Non-keyword speech "
         "(`wake_word_negatives`, half of the files) joins `_unknown_` in training; the other half is only used by "
         "`kws bench`.",
         "",
         "## Evaluation (from `kws bench`, see `BENCH.md`)",
         "",
         f"Test split: {data['clips']} clips, {data['speakers']} speakers, from "
-        + ", ".join(f"`{Path(r).name}`" for r in data["roots"])
+        + ", ".join(f"`{r}`" for r in portable_folders(data["roots"]))
         + ".",
         "",
         "| model | 12-class accuracy |",

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
+import json
 import logging
 import os
+import re
 import stat
 import sys
 import tarfile
@@ -213,3 +216,51 @@ class TestDownload:
         rc, err = _download(broken, tmp_path / "data", capsys)
         assert rc == 2 and err.count("\n") == 1 and "not a valid Speech Commands archive" in err
         assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- model card
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _model_card_script():
+    spec = importlib.util.spec_from_file_location("model_card", REPO / "scripts" / "model_card.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestModelCard:
+    def test_shipped_card_has_no_absolute_paths(self) -> None:
+        text = (REPO / "kws" / "pretrained" / "MODEL_CARD.md").read_text()
+        block = text.split("```json\n", 1)[1].split("```", 1)[0]
+        data = json.loads(block)["data"]
+        folders = [f for key in ("roots", "extra_train", "negatives") for f in data[key]]
+        assert folders and not [f for f in folders if Path(f).is_absolute() or "/" in f], folders
+        assert not re.search(r"(?<![\w.])/(work|home|tmp|root|Users|mnt|data)/", text)
+
+    def test_folders_recorded_by_name(self) -> None:
+        card = _model_card_script()
+        config = {
+            "model": {"hidden_size": 8},
+            "data": {
+                "roots": ["/work/shared/data/speech_commands_v0.02", "/srv/x/speech_commands_test_set_v0.02"],
+                "extra_train": [],
+                "negatives": ["/work/shared/data/wake_word_negatives"],
+                "labels": "standard",
+            },
+        }
+        out = card.portable_config(config)
+        assert out["data"]["roots"] == ["speech_commands_v0.02", "speech_commands_test_set_v0.02"]
+        assert out["data"]["negatives"] == ["wake_word_negatives"] and out["data"]["extra_train"] == []
+        assert out["model"] == config["model"] and out["data"]["labels"] == "standard"
+        assert config["data"]["roots"][0].startswith("/work"), "the input is not modified"
+
+    def test_same_names_relative_to_the_common_folder(self) -> None:
+        card = _model_card_script()
+        folders = ["/data/a/speech_commands_v0.02", "/data/b/speech_commands_v0.02", "/data/wake_word_negatives"]
+        assert card.portable_folders(folders) == [
+            "a/speech_commands_v0.02",
+            "b/speech_commands_v0.02",
+            "wake_word_negatives",
+        ]
