@@ -1,14 +1,30 @@
-"""Evaluate a checkpoint: accuracy, per-class precision/recall, a confusion-matrix PNG and a JSON report.
+"""Evaluate a checkpoint: accuracy, per-class precision/recall with 95% confidence intervals, a confusion-matrix
+PNG and a JSON report.
 
 Any split of the training data, or every clip of any Speech Commands folder (``--split all``), e.g. the
 official 12-class test archive. Words outside the checkpoint's labels count as ``_unknown_``.
+
+A split is read with the split rule the checkpoint's own training used (the official lists and hash, or the
+salted speaker hash when a test archive was among its folders), whatever folders are given here, so a clip the
+training learnt from is never scored as ``test``. Every accuracy and recall comes with its 95% Wilson score
+interval.
+
+examples:
+  kws evaluate runs/v2/best.pt --data speech_commands_test_set_v0.02 --split all
+  kws evaluate runs/small/best.pt --data ARCHIVE V1_SAMPLE --split test --out runs/small/eval
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +33,204 @@ import torch
 
 from kws.audio import int16_to_float
 from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
-from kws.config import DataConfig
+from kws.config import DataConfig, RunConfig
 from kws.constants import SPLITS
-from kws.dataset import SplitData, prepare
+from kws.data import DataError, detect_layout
+from kws.dataset import PreparedData, SplitData, prepare
+from kws.errors import KWSError
 from kws.model import KWSModel
 
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
+
+CONFIDENCE_Z = 1.959963984540054
+"""Standard normal quantile of a two-sided 95% interval."""
+
+SPLIT_MODES: tuple[str, ...] = ("official", "speaker-hash")
+"""How kws.data assigns clips to splits: the official lists/hash, or the salted speaker hash."""
+
+
+class EvaluationError(KWSError):
+    """The evaluation cannot run as asked (unwritable output, a split rule that contradicts the checkpoint)."""
+
+
+# ------------------------------------------------------------------------------------ confidence intervals
+
+
+def wilson_interval(successes: int, trials: int, z: float = CONFIDENCE_Z) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (default: 95%).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible for proportions near 0 or 1 and for
+    small ``trials``. With no trials every proportion is possible: ``(0.0, 1.0)``.
+
+    Example: 82 correct of 100 gives about (0.733, 0.883).
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
+    p = successes / trials
+    z2 = z * z
+    denominator = 1.0 + z2 / trials
+    centre = (p + z2 / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / trials + z2 / (4.0 * trials * trials)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact bounds at the ends, no rounding residue
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
+
+
+def format_interval(interval: Sequence[float] | None, digits: int = 1) -> str:
+    """``"73.3-88.3"`` (percent, no sign) of a ``(low, high)`` fraction pair; ``"n/a"`` for None."""
+    if interval is None:
+        return "n/a"
+    low, high = interval
+    return f"{100 * low:.{digits}f}-{100 * high:.{digits}f}"
+
+
+def format_with_interval(value: float | None, interval: Sequence[float] | None, digits: int = 1) -> str:
+    """``"82.0% (73.3-88.3)"``: a proportion and its confidence interval, in percent."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{100 * value:.{digits}f}%"
+    return text if interval is None else f"{text} ({format_interval(interval, digits)})"
+
+
+# ------------------------------------------------------------------------------------- evaluation data
+
+
+def _auto_split_mode(layouts: Sequence[str]) -> str:
+    """kws.data.load_corpus's ``auto`` rule: the salted speaker hash when a test archive is among the roots."""
+    return "speaker-hash" if "archive" in layouts else "official"
+
+
+def evaluation_split_mode(payload: dict[str, Any]) -> tuple[str | None, str]:
+    """The split mode the checkpoint's training used, and where that comes from.
+
+    Read from the data layouts the training recorded in the checkpoint (``data_summary["layouts"]``); for a
+    checkpoint without them, from the layouts of its training folders if they are on this machine. ``None``
+    when neither is available.
+    """
+    layouts = (payload.get("data_summary") or {}).get("layouts")
+    if layouts:
+        return _auto_split_mode(layouts), "as in training, read from the checkpoint's data summary"
+    try:
+        roots = run_config(payload).data.roots
+        if roots:
+            layouts = [detect_layout(Path(r).expanduser()) for r in roots]
+            return _auto_split_mode(layouts), "as in training, from the layouts of the checkpoint's training folders"
+    except KWSError:
+        pass
+    return None, "the checkpoint does not record how its training split the data"
+
+
+def resolve_split_mode(payload: dict[str, Any], requested: str = "auto", split: str = "test") -> tuple[str, str]:
+    """The split mode to read ``split`` with, and why (for reports).
+
+    ``auto`` is the checkpoint's own rule (:func:`evaluation_split_mode`). An explicit mode that contradicts it
+    is refused: it would put some of the clips the model was trained on into the scored split. With
+    ``split="all"`` every clip is scored whatever its split, so any mode is accepted. A checkpoint that does not
+    say falls back to kws.data's ``auto`` rule on the given folders, with a warning.
+
+    Raises:
+        EvaluationError: an unknown mode, or one that contradicts the checkpoint's training.
+    """
+    if requested not in ("auto", *SPLIT_MODES):
+        raise EvaluationError(f"unknown split mode {requested!r} (use auto, {', '.join(SPLIT_MODES)})")
+    trained, source = evaluation_split_mode(payload)
+    if requested == "auto":
+        if trained is not None:
+            return trained, source
+        logger.warning("%s: splitting with kws.data's auto rule on the given folders", source)
+        return "auto", f"kws.data's auto rule on these folders: {source}"
+    if trained is not None and requested != trained and split != "all":
+        raise EvaluationError(
+            f"--split-mode {requested} contradicts the checkpoint: its training split the speakers with "
+            f"{trained} ({source}), so the {split} split read with {requested} would include clips it was "
+            f"trained on; leave out --split-mode, or score every clip with --split all"
+        )
+    return requested, "given with --split-mode" + (", as in training" if requested == trained else "")
+
+
+def evaluation_data_config(config: RunConfig, roots: Sequence[str | Path]) -> DataConfig:
+    """The checkpoint's data rules (labels, ratios, split sizes) applied to ``roots`` alone.
+
+    The training's train-only folders (``extra_train``) and non-keyword speech (``negatives``) are dropped: they
+    never hold evaluation clips, and they need not exist on this machine.
+    """
+    return dataclasses.replace(config.data, roots=tuple(str(r) for r in roots), extra_train=(), negatives=())
+
+
+@dataclass
+class EvaluationData:
+    """The clips to score and how they were chosen.
+
+    Attributes:
+        prepared: the loaded corpus, noises and each split of ``splits``.
+        data: the requested split (every split, concatenated, for ``all``).
+        split: ``train``, ``validation``, ``test`` or ``all``.
+        split_mode: ``official`` or ``speaker-hash``.
+        split_mode_how: where the split mode comes from (for reports).
+    """
+
+    prepared: PreparedData
+    data: SplitData
+    split: str
+    split_mode: str
+    split_mode_how: str
+
+
+def load_evaluation_data(
+    payload: dict[str, Any], roots: Sequence[str | Path], split: str = "test", split_mode: str = "auto"
+) -> EvaluationData:
+    """Load ``split`` of ``roots`` as the checkpoint's training would have split them (the one loader of
+    ``kws evaluate``, ``kws export --data`` and ``kws bench``).
+
+    Raises:
+        DataError: missing or unusable folders, or an empty split.
+        EvaluationError: see :func:`resolve_split_mode`.
+    """
+    if split not in (*SPLITS, "all"):
+        raise EvaluationError(f"unknown split {split!r} (use {', '.join(SPLITS)} or all)")
+    config = run_config(payload)
+    mode, how = resolve_split_mode(payload, split_mode, split)
+    splits = SPLITS if split == "all" else (split,)
+    prepared = prepare(
+        evaluation_data_config(config, roots),
+        config.features.sample_rate,
+        config.features.clip_samples,
+        config.train.seed,
+        splits,
+        labels=list(payload["labels"]),
+        split_mode=mode,
+    )
+    if mode == "auto":
+        mode = _auto_split_mode(prepared.corpus.layouts)
+    data = _concat([prepared.splits[s] for s in splits])
+    if len(data) == 0:
+        raise DataError(f"no clips in the {split} split of {', '.join(map(str, roots))} (split mode {mode})")
+    return EvaluationData(prepared=prepared, data=data, split=split, split_mode=mode, split_mode_how=how)
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and make sure a file can be created in it.
+
+    Raises:
+        EvaluationError: it is not a folder, cannot be created or is not writable.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(f"output path {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kws-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EvaluationError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------- scoring
 
 
 @torch.no_grad()
@@ -40,25 +246,32 @@ def predict(model: KWSModel, audio: np.ndarray, batch_size: int = EVAL_BATCH) ->
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: true, cols: predicted)."""
+    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows: true, cols: predicted).
+
+    Accuracy, precision and recall come with their 95% Wilson score intervals (``*_ci95``: ``[low, high]``).
+    """
     n = len(labels)
     cm = np.zeros((n, n), np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     per_class = {}
     for i, label in enumerate(labels):
-        tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
+        tp, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {
             "precision": float(precision),
+            "precision_ci95": list(wilson_interval(tp, predicted)),
             "recall": float(recall),
+            "recall_ci95": list(wilson_interval(tp, support)),
             "f1": float(f1),
-            "support": int(support),
+            "support": support,
         }
+    correct, clips = int(np.trace(cm)), int(cm.sum())
     return {
-        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
-        "clips": int(cm.sum()),
+        "accuracy": float(correct / max(clips, 1)),
+        "accuracy_ci95": list(wilson_interval(correct, clips)),
+        "clips": clips,
         "labels": labels,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
@@ -93,7 +306,8 @@ def plot_confusion(report: dict[str, Any], path: Path, title: str) -> None:
                     fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
-    ax.set_title(f"{title}\naccuracy {100 * report['accuracy']:.2f}% on {report['clips']} clips", fontsize=9)
+    accuracy = format_with_interval(report["accuracy"], report.get("accuracy_ci95"), 2)
+    ax.set_title(f"{title}\naccuracy {accuracy} (95% CI) on {report['clips']} clips", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -117,13 +331,17 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str, title: str) -
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A human-readable per-class table."""
+    """A human-readable per-class table, with 95% confidence intervals."""
+    ci = report.get("accuracy_ci95")
+    accuracy = f"{100 * report['accuracy']:.2f}%" + (f" (95% CI {format_interval(ci, 2)}%)" if ci else "")
     lines = [
-        f"accuracy {100 * report['accuracy']:.2f}% on {report['clips']} clips ({report.get('speakers', '?')} speakers)",
-        f"{'class':<12} {'precision':>9} {'recall':>7} {'n':>5}",
+        f"accuracy {accuracy} on {report['clips']} clips ({report.get('speakers', '?')} speakers)",
+        f"{'class':<12} {'precision (95% CI)':>20} {'recall (95% CI)':>20} {'n':>5}",
     ]
     for label, m in report["per_class"].items():
-        lines.append(f"{label:<12} {100 * m['precision']:>8.1f}% {100 * m['recall']:>6.1f}% {m['support']:>5}")
+        precision = format_with_interval(m["precision"], m.get("precision_ci95"))
+        recall = format_with_interval(m["recall"], m.get("recall_ci95"))
+        lines.append(f"{label:<12} {precision:>20} {recall:>20} {m['support']:>5}")
     return "\n".join(lines)
 
 
@@ -132,9 +350,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         nargs="+",
+        action="extend",
         required=True,
         metavar="DIR",
-        help="Speech Commands folder(s): full dataset, test archive, or several combined",
+        help="Speech Commands folder(s): full dataset, test archive, or several combined (repeatable)",
     )
     parser.add_argument(
         "--split",
@@ -146,7 +365,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split-mode",
         default="auto",
         choices=["auto", "official", "speaker-hash"],
-        help="how splits are assigned; must match training (default: %(default)s)",
+        help="how splits are assigned: auto = as the checkpoint's training did; another mode is refused "
+        "unless --split all (default: %(default)s)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="report folder (default: next to the checkpoint, eval-SPLIT/)"
@@ -155,28 +375,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, labels, payload = model_from_checkpoint(args.checkpoint)
-    config = run_config(payload)
-    data_config = DataConfig(**{**config.data.__dict__, "roots": tuple(args.data)})
-    splits = SPLITS if args.split == "all" else (args.split,)
-    prepared = prepare(
-        data_config,
-        config.features.sample_rate,
-        config.features.clip_samples,
-        config.train.seed,
-        splits,
-        labels=labels,
-        split_mode=args.split_mode,
-    )
-    data = _concat([prepared.splits[s] for s in splits])
-    if len(data) == 0:
-        from kws.data import DataError
-
-        raise DataError(f"no clips in the {args.split} split of {', '.join(args.data)}")
-    report = evaluate_split(model, data, labels)
-    report.update({"checkpoint": str(args.checkpoint), "data": list(args.data), "split": args.split})
     out_dir = args.out or Path(args.checkpoint).parent / f"eval-{args.split}"
-    json_path, png_path = write_report(report, out_dir, "report", f"{Path(args.checkpoint).name} on {args.split}")
-    print(format_report(report))
+    check_output_dir(out_dir)  # before the slow part: a result that cannot be saved is not computed
+    evaluation = load_evaluation_data(payload, args.data, args.split, args.split_mode)
+    report = evaluate_split(model, evaluation.data, labels)
+    report.update(
+        {
+            "checkpoint": str(args.checkpoint),
+            "data": list(args.data),
+            "split": args.split,
+            "split_mode": evaluation.split_mode,
+            "split_mode_how": evaluation.split_mode_how,
+        }
+    )
+    print(format_report(report), flush=True)  # shown even if the report cannot be written
+    try:
+        json_path, png_path = write_report(report, out_dir, "report", f"{Path(args.checkpoint).name} on {args.split}")
+    except (KWSError, OSError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise EvaluationError(
+            f"the figures above were not saved: writing the report to {out_dir} failed: {detail}"
+        ) from None
     print(f"report: {json_path}\nconfusion matrix: {png_path}")
     return 0
 
