@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +25,22 @@ class ConfigError(KWSError, ValueError):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_finite(config: Any, *names: str) -> None:
+    """Every named float field is a finite number (``inf``/``nan`` pass most range checks)."""
+    for name in names:
+        value = getattr(config, name)
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            f"{name} must be a finite number, got {value!r}",
+        )
+
+
+MAX_HIDDEN_SIZE = 2048
+"""Largest LSTM accepted (far above any keyword model; a typo like 100000 would need ~160 GB)."""
+MAX_LAYERS = 8
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -44,11 +61,23 @@ class FeatureConfig:
     clip_seconds: float = CLIP_SECONDS
 
     def __post_init__(self) -> None:
-        _check(self.sample_rate > 0, f"sample_rate must be positive, got {self.sample_rate}")
+        _check_finite(self, "window_ms", "hop_ms", "f_min", "f_max", "clip_seconds")
+        _check(0 < self.sample_rate <= 384_000, f"sample_rate must be in 1..384000, got {self.sample_rate}")
         _check(0 < self.hop_ms <= self.window_ms, "need 0 < hop_ms <= window_ms")
+        _check(self.hop_samples >= 1, f"hop_ms={self.hop_ms} is shorter than one sample")
+        _check(0 < self.clip_seconds <= 60, f"clip_seconds must be in (0, 60], got {self.clip_seconds}")
+        _check(
+            self.num_frames(self.clip_samples) >= 1,
+            f"a {self.window_ms:g} ms window needs an FFT of {self.n_fft} samples, more than a clip holds "
+            f"({self.clip_samples}): no frame could be computed; use a shorter window",
+        )
         _check(0 < self.n_mfcc <= self.n_mels, "need 0 < n_mfcc <= n_mels")
+        bins = self.n_fft // 2 + 1
+        _check(
+            self.n_mels <= bins,
+            f"{self.n_mels} mel bands need more than the {bins} FFT bins of a {self.window_ms:g} ms window",
+        )
         _check(0 <= self.f_min < self.f_max <= self.sample_rate / 2, "need 0 <= f_min < f_max <= sample_rate/2")
-        _check(self.clip_seconds * 1000 >= self.window_ms, "the clip must hold at least one window")
 
     @property
     def window_samples(self) -> int:
@@ -97,8 +126,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.pooling in ("mean", "last"), f"pooling must be 'mean' or 'last', got {self.pooling!r}")
         _check(self.n_inputs > 0 and self.n_labels >= 2, "need n_inputs > 0 and n_labels >= 2")
-        _check(self.hidden_size > 0 and self.num_layers >= 1, "need hidden_size > 0 and num_layers >= 1")
+        _check(
+            0 < self.hidden_size <= MAX_HIDDEN_SIZE,
+            f"hidden_size must be in 1..{MAX_HIDDEN_SIZE}, got {self.hidden_size}",
+        )
+        _check(1 <= self.num_layers <= MAX_LAYERS, f"num_layers must be in 1..{MAX_LAYERS}, got {self.num_layers}")
         _check(0 <= self.proj_size < self.hidden_size, "need 0 <= proj_size < hidden_size")
+        _check_finite(self, "dropout", "input_dropout")
         _check(0 <= self.dropout < 1 and 0 <= self.input_dropout < 1, "dropouts must be in [0, 1)")
 
     @property
@@ -122,7 +156,8 @@ class DataConfig:
     testing_percent: float = 10.0
 
     def __post_init__(self) -> None:
-        _check(self.unknown_ratio >= 0 and self.silence_ratio >= 0, "ratios must be >= 0")
+        _check_finite(self, "negative_ratio", "unknown_ratio", "silence_ratio", "validation_percent", "testing_percent")
+        _check(self.unknown_ratio >= 0 and self.silence_ratio >= 0 and self.negative_ratio >= 0, "ratios must be >= 0")
         _check(
             0 <= self.validation_percent
             and 0 <= self.testing_percent
@@ -151,6 +186,23 @@ class AugmentConfig:
     freq_mask_bins: int = 5
 
     def __post_init__(self) -> None:
+        _check_finite(
+            self,
+            "time_shift_ms",
+            "noise_prob",
+            "snr_db_min",
+            "snr_db_max",
+            "gain_db",
+            "speed_min",
+            "speed_max",
+            "speed_prob",
+            "context_prob",
+            "context_seconds",
+        )
+        for name in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0")
+        for name in ("time_shift_ms", "gain_db", "context_seconds"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0")
         for name in ("noise_prob", "speed_prob", "context_prob"):
             _check(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1]")
         _check(self.snr_db_min <= self.snr_db_max, "need snr_db_min <= snr_db_max")
@@ -188,8 +240,20 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1 and self.batch_size >= 1, "need epochs >= 1 and batch_size >= 1")
+        _check_finite(
+            self, "lr", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "ema_decay", "max_minutes"
+        )
+        _check(self.epochs >= 1, f"need epochs >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"need batch_size >= 1, got {self.batch_size}")
         _check(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {self.seed}")
+        _check(self.max_minutes >= 0, f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
+        _check(self.max_steps >= 0, f"max_steps must be >= 0 (0: no limit), got {self.max_steps}")
+        _check(self.warmup_epochs >= 0, "need warmup_epochs >= 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        _check(self.grad_clip > 0, "need grad_clip > 0")
+        _check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0: off)")
+        _check(self.num_workers >= 0, "need num_workers >= 0")
 
 
 @dataclass(frozen=True)
@@ -219,13 +283,34 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         ftype = fields[name].type
-        nested = _CONFIG_TYPES.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        ftype = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+        nested = _CONFIG_TYPES.get(ftype)
         if nested is not None:
             value = from_dict(nested, value)
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = _checked_value(f"{cls.__name__}.{name}", ftype, value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _checked_value(where: str, ftype: str, value: Any) -> Any:
+    """``value`` if it has the field's declared type (a list for a tuple field becomes a tuple)."""
+    if ftype == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ftype == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif ftype == "str":
+        ok = isinstance(value, str)
+    elif ftype == "bool":
+        ok = isinstance(value, bool)
+    elif ftype.startswith("tuple[str"):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}: expected {ftype}, got {type(value).__name__} {value!r:.40}")
+    return value
 
 
 def to_json(config: Any) -> str:
