@@ -10,9 +10,14 @@ A checkpoint is a dict saved with ``torch.save``::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import stat
 import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +38,31 @@ class CheckpointError(KWSError):
     """A checkpoint is missing, corrupt or not a kws checkpoint."""
 
 
+_TMP_SUFFIX = ".tmp"
+_TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+"""The names :func:`atomic_write` gives its temporary files: ``.NAME.XXXXXXXX.tmp`` (``tempfile.mkstemp``)."""
+
+
+def current_umask() -> int:
+    """The process umask (from /proc where available: reading it with ``os.umask`` briefly changes it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a half-written file there.
+
+    The final file gets the permissions of a newly created file (``0o666 & ~umask``), not the 0600 of the
+    temporary file. A kill -9 mid-write can leave the temporary (``.NAME.XXXXXXXX.tmp``) behind:
+    :func:`clean_stale_temporaries` removes those.
 
     Raises:
         KWSError: the folder cannot be created or written.
@@ -42,16 +70,96 @@ def atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise KWSError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def clean_stale_temporaries(
+    folder: str | Path, names: Iterable[str] | None = None, min_age_s: float = 600.0
+) -> list[tuple[Path, int]]:
+    """Remove the temporary files an interrupted :func:`atomic_write` left in ``folder`` (not recursive).
+
+    Only files named like atomic_write's own temporaries (``.NAME.XXXXXXXX.tmp``) are touched, and only
+    regular files. A temporary being written right now by another process must not be removed: a caller that
+    holds a lock on the folder (``kws train`` does, see :func:`lock_folder`) passes ``min_age_s=0``; others
+    keep the default, which spares every file modified in the last ``min_age_s`` seconds.
+
+    Args:
+        names: only temporaries of these final file names (e.g. ``["last.pt"]``); None: any name.
+
+    Returns:
+        the removed files and their sizes in bytes (a line is logged when any were removed).
+    """
+    folder = Path(folder)
+    wanted = None if names is None else set(names)
+    removed: list[tuple[Path, int]] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TMP_PATTERN.match(entry.name)
+        if match is None or (wanted is not None and match["name"] not in wanted):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < min_age_s:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append((Path(entry.path), info.st_size))
+    if removed:
+        logger.info(
+            "removed %d stale temporary file(s) of an interrupted write from %s (%d bytes): %s",
+            len(removed),
+            folder,
+            sum(size for _, size in removed),
+            ", ".join(p.name for p, _ in removed),
+        )
+    return removed
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | Path, what: str = "kws train") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/.lock``) for the duration of the block.
+
+    The lock dies with the process (no stale lock after a kill). The lock file keeps the holder's pid.
+
+    Raises:
+        KWSError: another process holds the lock ("FOLDER is in use by another WHAT (pid N)").
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    lock_path = Path(folder) / ".lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise KWSError(f"cannot create {lock_path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise KWSError(f"{folder} is in use by another {what} (pid {pid})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -77,10 +185,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def run_config(payload: dict[str, Any]) -> RunConfig:
+    """The run configuration saved in a checkpoint payload; CheckpointError if it is missing or invalid."""
     try:
         return from_dict(RunConfig, payload["config"])
-    except (KeyError, ConfigError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint has an invalid config: {exc}") from None
+    except (KeyError, ConfigError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"checkpoint has an invalid config: {_one_line(detail)}") from None
+
+
+def checkpoint_labels(payload: dict[str, Any], config: RunConfig) -> list[str]:
+    """The saved labels, checked against the saved config (one distinct string per model output)."""
+    labels = payload.get("labels")
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) for x in labels):
+        raise CheckpointError(f"checkpoint has no valid labels (got {type(labels).__name__})")
+    if len(labels) != config.model.n_labels or len(set(labels)) != len(labels):
+        raise CheckpointError(
+            f"checkpoint has {len(labels)} labels for a model of {config.model.n_labels} outputs (or duplicates)"
+        )
+    return list(labels)
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[KWSModel, list[str], dict[str, Any]]:
@@ -88,13 +210,32 @@ def model_from_checkpoint(path: str | Path) -> tuple[KWSModel, list[str], dict[s
 
     Returns:
         the model, its labels, and the whole checkpoint payload.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, tampered with or not a kws checkpoint.
     """
     payload = load_checkpoint(path)
     config = run_config(payload)
-    model = KWSModel(config.features, config.model)
+    labels = checkpoint_labels(payload, config)
     try:
-        model.load_state_dict(payload["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: weights do not match the saved config ({exc})") from None
+        model = KWSModel(config.features, config.model)
+    except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
+        raise CheckpointError(f"{path}: cannot build the model of its config ({_one_line(exc)})") from None
+    load_weights(model, payload.get("model"), f"{path}")
     model.eval()
-    return model, list(payload["labels"]), payload
+    return model, labels, payload
+
+
+def load_weights(model: torch.nn.Module, state: Any, where: str) -> None:
+    """``model.load_state_dict(state)``, with a CheckpointError for anything but matching tensors."""
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{where}: the model weights are missing or not a state dict")
+    try:
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: weights do not match the saved config ({_one_line(exc)})") from None
+
+
+def _one_line(message: object, limit: int = 300) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
