@@ -29,13 +29,21 @@ from kws.augment import Augmenter
 from kws.checkpoint import (
     CheckpointError,
     atomic_write,
+    checkpoint_labels,
+    clean_stale_temporaries,
     load_checkpoint,
+    load_weights,
+    lock_folder,
     model_from_checkpoint,
     run_config,
     save_checkpoint,
 )
 from kws.config import (
+    MAX_HIDDEN_SIZE,
+    MAX_LAYERS,
+    MAX_SEED,
     AugmentConfig,
+    ConfigError,
     DataConfig,
     ModelConfig,
     RunConfig,
@@ -53,6 +61,8 @@ logger = logging.getLogger(__name__)
 NORMALIZATION_CLIPS = 2000
 CONTEXT_SPEECH_CLIPS = 2000
 LAST, BEST = "last.pt", "best.pt"
+OUTPUTS = (LAST, BEST, "metrics.jsonl", "curves.png", "test.json", "test_confusion.png")
+"""Every file a run writes into its folder (atomically)."""
 
 
 def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
@@ -135,28 +145,83 @@ def _payload(model, optimizer, scheduler, config, labels, epoch, step, best, his
     }
 
 
+def absolute_data_paths(data: DataConfig) -> DataConfig:
+    """``data`` with every folder (roots, extra_train, negatives) made absolute and resolved, so a saved run
+    can be resumed (and its data found) from any working directory."""
+
+    def absolute(paths: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(Path(p).expanduser().resolve()) for p in paths)
+
+    return replace(
+        data, roots=absolute(data.roots), extra_train=absolute(data.extra_train), negatives=absolute(data.negatives)
+    )
+
+
+def check_trainable(config: RunConfig) -> None:
+    """Refuse a configuration that would train a model the rest of the tool chain cannot use."""
+    if config.model.proj_size:
+        raise ConfigError(
+            f"--proj-size {config.model.proj_size}: `kws export` cannot export an LSTM with projections "
+            "(ONNX's LSTM op has none), so such a model could never be deployed; use --proj-size 0"
+        )
+
+
 def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: str = "auto", threads: int = 0) -> Path:
     """Train (or resume) a run in ``out_dir``; returns the path of the best checkpoint.
 
+    The run folder is locked for the whole run (a second ``train`` into it fails at once), and temporaries
+    that an earlier killed run left behind are removed first.
+
     Args:
+        config: the run's configuration (ignored with ``resume``: the saved one is used; ``kws train
+            --resume`` refuses flags that contradict it).
         threads: CPU threads for torch (0: every core).
     """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: every core), got {threads}")
     out_dir = Path(out_dir)
+    last_path = out_dir / LAST
+    if resume and not last_path.is_file():
+        raise CheckpointError(f"nothing to resume: {last_path} does not exist")
+    if not resume:
+        check_trainable(config)
+    device = _device(device_name)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KWSError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise KWSError(f"output folder {out_dir} is not writable")
+    with lock_folder(out_dir, "kws train"):
+        return _train_locked(config, out_dir, resume, device, threads)
+
+
+def _resume_state(last_path: Path) -> tuple[dict[str, Any], RunConfig]:
+    """The payload and config of ``last.pt``, checked for everything a resume reads from it."""
+    state = load_checkpoint(last_path)
+    config = run_config(state)
+    checkpoint_labels(state, config)
+    expected = {"epoch": int, "step": int, "best_accuracy": (int, float), "history": list}
+    expected |= {"optimizer": dict, "scheduler": dict}
+    for key, kind in expected.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(f"{last_path}: {key!r} is missing or invalid; it cannot be resumed")
+    if not 0 <= state["epoch"] <= config.train.epochs or state["step"] < 0:
+        raise CheckpointError(f"{last_path}: epoch {state['epoch']} / step {state['step']} out of range")
+    return state, config
+
+
+def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.device, threads: int) -> Path:
     last_path, best_path = out_dir / LAST, out_dir / BEST
     state: dict[str, Any] | None = None
     if resume:
-        if not last_path.is_file():
-            raise CheckpointError(f"nothing to resume: {last_path} does not exist")
-        state = load_checkpoint(last_path)
-        config = run_config(state)
+        state, config = _resume_state(last_path)
         logger.info("resuming %s after epoch %d", out_dir, state["epoch"])
     elif last_path.exists() or best_path.exists():
         raise KWSError(f"{out_dir} already holds a run; use --resume to continue it or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise KWSError(f"output folder {out_dir} is not writable")
+    clean_stale_temporaries(out_dir, OUTPUTS, min_age_s=0)  # the lock says no other train writes here
+    config = replace(config, data=absolute_data_paths(config.data))
 
-    device = _device(device_name)
     if device.type == "cpu":
         torch.set_num_threads(threads or os.cpu_count() or 1)
     fc, tc = config.features, config.train
@@ -165,13 +230,21 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
     if state is not None and list(state["labels"]) != labels:
         raise KWSError("the data's labels differ from the checkpoint's; resume with the same --data")
     train_data, val_data = prepared.splits["train"], prepared.splits["validation"]
-    if len(train_data) == 0:
-        raise KWSError("the training split is empty")
+    _check_split(prepared, "train", config.data)
+    _check_split(prepared, "validation", config.data)
     _log_summary(prepared)
     config = replace(config, model=replace(config.model, n_labels=len(labels), n_inputs=fc.n_mfcc))
 
     torch.manual_seed(tc.seed)
-    model = KWSModel(fc, config.model).to(device)
+    try:
+        model = KWSModel(fc, config.model).to(device)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise KWSError(
+            f"not enough memory for an LSTM of {config.model.num_layers} x {config.model.hidden_size} units "
+            f"on {device}; use a smaller --hidden-size or --layers"
+        ) from None
     if state is None:
         rng = np.random.default_rng(tc.seed)
         idx = rng.choice(len(train_data), min(len(train_data), NORMALIZATION_CLIPS), replace=False)
@@ -183,11 +256,16 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
     history: list[dict[str, Any]] = []
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
-        model.load_state_dict(state.get("train_model", state["model"]))
+        load_weights(model, state.get("train_model", state.get("model")), str(last_path))
         if ema is not None:
-            ema.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+            load_weights(ema, state.get("model"), str(last_path))
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{last_path}: the optimizer state cannot be restored ({type(exc).__name__})"
+            ) from None
         start_epoch, step, best, history = state["epoch"], state["step"], state["best_accuracy"], state["history"]
 
     augmenter = Augmenter(
@@ -242,7 +320,7 @@ def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: s
                 break
         bar.close()
         scored = ema if ema is not None else model
-        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels) if len(val_data) else (0, 0)
+        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels)  # not empty: _check_split
         record = {
             "epoch": epoch + 1,
             "step": step,
@@ -299,6 +377,27 @@ def _final_evaluation(best_path: Path, prepared: PreparedData, device: torch.dev
     logger.info("test split of the best checkpoint (epoch %d):\n%s", payload["epoch"], format_report(report))
 
 
+def _check_split(prepared: PreparedData, split: str, data: DataConfig) -> None:
+    """Refuse a training or validation split without speech: nothing to learn from, or no way to pick the best
+    checkpoint (its accuracy would be 0 every epoch and best.pt would stay the first epoch)."""
+    s = prepared.summary.get(split)
+    clips = s.get("clips", 0) if isinstance(s, dict) else 0
+    speakers = s.get("speakers", 0) if isinstance(s, dict) else 0
+    if len(prepared.splits[split]) and clips and speakers:
+        return
+    if split == "validation":
+        hint = (
+            f"add data with more speakers or raise --validation-percent (now {data.validation_percent:g}; "
+            "official validation lists, where a dataset has them, take precedence)"
+        )
+    else:
+        hint = "add data with more speakers, or lower --validation-percent/--testing-percent"
+    raise KWSError(
+        f"the {split} split is empty ({clips} clips, {speakers} speakers of {len(prepared.corpus.clips)} clips "
+        f"found): {hint}"
+    )
+
+
 def _log_summary(prepared: PreparedData) -> None:
     for split in ("train", "validation", "test"):
         s = prepared.summary.get(split)
@@ -312,97 +411,201 @@ def _log_summary(prepared: PreparedData) -> None:
             )
 
 
+PASSED_FLAGS = "passed_flags"
+"""Namespace attribute: the dests of the options given on the command line (see :func:`passed_flags`)."""
+
+
+def _note_passed(namespace: argparse.Namespace, dest: str) -> None:
+    setattr(namespace, PASSED_FLAGS, frozenset(getattr(namespace, PASSED_FLAGS, None) or ()) | {dest})
+
+
+class _Store(argparse.Action):
+    """``store``, noting that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        _note_passed(namespace, self.dest)
+
+
+class _StoreTrue(argparse.Action):
+    """``store_true``, noting that the option was given."""
+
+    def __init__(self, option_strings, dest, default=False, required=False, help=None) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=True, default=default, required=required, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, True)
+        _note_passed(namespace, self.dest)
+
+
+class _Extend(argparse.Action):
+    """``extend`` (``--data A --data B C`` gives ``[A, B, C]``: a repeated option adds, it never replaces),
+    noting that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])  # a copy: the default list is never changed
+        items.extend(values)
+        setattr(namespace, self.dest, items)
+        _note_passed(namespace, self.dest)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = RunConfig()
+    parser.set_defaults(**{PASSED_FLAGS: frozenset()})
     g = parser.add_argument_group("data")
     g.add_argument(
         "--data",
+        action=_Extend,
         nargs="+",
         metavar="DIR",
         help="Speech Commands folder(s): the full dataset (v0.01/v0.02), the 12-class test archive, "
-        "or several combined (splits stay speaker-disjoint across them)",
+        "or several combined (splits stay speaker-disjoint across them); repeatable",
     )
     g.add_argument(
         "--extra-train",
+        action=_Extend,
         nargs="+",
         default=[],
         metavar="DIR",
-        help="extra Speech Commands-layout folder(s) used for training only, e.g. `kws tts` output",
+        help="extra Speech Commands-layout folder(s) used for training only, e.g. `kws tts` output; repeatable",
     )
     g.add_argument(
         "--negatives",
+        action=_Extend,
         nargs="+",
         default=[],
         metavar="DIR",
         help="folder(s) of non-keyword speech (any layout): 1 s crops of half of the files (by a fixed hash) join "
-        "_unknown_ in training; `kws bench --negatives` streams the other half",
+        "_unknown_ in training; `kws bench --negatives` streams the other half; repeatable",
     )
     g.add_argument(
         "--labels",
+        action=_Store,
         default=d.data.labels,
         help="'standard' (10 keywords + _silence_ + _unknown_), 'all' (every word), or a comma-separated "
         "keyword list (default: %(default)s)",
     )
     g.add_argument(
         "--unknown-ratio",
+        action=_Store,
         type=float,
         default=d.data.unknown_ratio,
         help="_unknown_ clips per keyword class size (default: %(default)s)",
     )
     g.add_argument(
         "--silence-ratio",
+        action=_Store,
         type=float,
         default=d.data.silence_ratio,
         help="_silence_ clips per keyword class size (default: %(default)s)",
     )
+    g.add_argument(
+        "--validation-percent",
+        action=_Store,
+        type=float,
+        default=d.data.validation_percent,
+        help="speakers (by hash) in the validation split, for data without official lists (default: %(default)s)",
+    )
+    g.add_argument(
+        "--testing-percent",
+        action=_Store,
+        type=float,
+        default=d.data.testing_percent,
+        help="speakers (by hash) in the test split, for data without official lists (default: %(default)s)",
+    )
     g = parser.add_argument_group("model")
     g.add_argument(
-        "--window-ms", type=float, default=d.features.window_ms, help="analysis window (default: %(default)s)"
+        "--window-ms",
+        action=_Store,
+        type=float,
+        default=d.features.window_ms,
+        help="analysis window (default: %(default)s)",
     )
-    g.add_argument("--hop-ms", type=float, default=d.features.hop_ms, help="frame hop (default: %(default)s)")
-    g.add_argument("--n-mfcc", type=int, default=d.features.n_mfcc, help="MFCC coefficients (default: %(default)s)")
-    g.add_argument("--hidden-size", type=int, default=d.model.hidden_size, help="LSTM units (default: %(default)s)")
-    g.add_argument("--layers", type=int, default=d.model.num_layers, help="LSTM layers (default: %(default)s)")
+    g.add_argument(
+        "--hop-ms", action=_Store, type=float, default=d.features.hop_ms, help="frame hop (default: %(default)s)"
+    )
+    g.add_argument(
+        "--n-mfcc", action=_Store, type=int, default=d.features.n_mfcc, help="MFCC coefficients (default: %(default)s)"
+    )
+    g.add_argument(
+        "--hidden-size",
+        action=_Store,
+        type=int,
+        default=d.model.hidden_size,
+        help=f"LSTM units, at most {MAX_HIDDEN_SIZE} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--layers",
+        action=_Store,
+        type=int,
+        default=d.model.num_layers,
+        help=f"LSTM layers, at most {MAX_LAYERS} (default: %(default)s)",
+    )
     g.add_argument(
         "--proj-size",
+        action=_Store,
         type=int,
         default=d.model.proj_size,
-        help="LSTM projection size, 0 for none (default: %(default)s)",
+        help="LSTM projection size; only 0 (none) is accepted, since `kws export` cannot export projections "
+        "(default: %(default)s)",
     )
-    g.add_argument("--dropout", type=float, default=d.model.dropout, help="dropout (default: %(default)s)")
+    g.add_argument(
+        "--dropout", action=_Store, type=float, default=d.model.dropout, help="dropout (default: %(default)s)"
+    )
     g = parser.add_argument_group("training")
-    g.add_argument("--out", type=Path, default=Path("runs/kws"), help="run folder (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=d.train.epochs, help="epochs (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.train.batch_size, help="batch size (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=d.train.lr, help="peak AdamW learning rate (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.train.seed, help="random seed (default: %(default)s)")
-    g.add_argument("--no-augment", action="store_true", help="train without any augmentation")
+    g.add_argument(
+        "--out", action=_Store, type=Path, default=Path("runs/kws"), help="run folder (default: %(default)s)"
+    )
+    g.add_argument("--epochs", action=_Store, type=int, default=d.train.epochs, help="epochs (default: %(default)s)")
+    g.add_argument(
+        "--batch-size", action=_Store, type=int, default=d.train.batch_size, help="batch size (default: %(default)s)"
+    )
+    g.add_argument(
+        "--lr", action=_Store, type=float, default=d.train.lr, help="peak AdamW learning rate (default: %(default)s)"
+    )
+    g.add_argument(
+        "--seed",
+        action=_Store,
+        type=int,
+        default=d.train.seed,
+        help=f"random seed, 0..{MAX_SEED} (default: %(default)s)",
+    )
+    g.add_argument("--no-augment", action=_StoreTrue, help="train without any augmentation")
     g.add_argument(
         "--max-minutes",
+        action=_Store,
         type=float,
         default=0.0,
         help="stop after the epoch that passes this many minutes (default: no limit)",
     )
-    g.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (default: no limit)")
+    g.add_argument(
+        "--max-steps", action=_Store, type=int, default=0, help="stop after this many steps (default: no limit)"
+    )
     g.add_argument(
         "--device",
+        action=_Store,
         default="auto",
         choices=["auto", "cpu", "cuda"],
         help="where to train (default: CUDA if available, else every CPU core)",
     )
     g.add_argument(
-        "--threads", type=int, default=0, help="CPU threads (default: every core; fewer if the machine is shared)"
+        "--threads",
+        action=_Store,
+        type=int,
+        default=0,
+        help="CPU threads (default: every core; fewer if the machine is shared)",
     )
     g.add_argument(
         "--resume",
-        action="store_true",
-        help="continue the interrupted run in --out exactly where it stopped (its saved config is used)",
+        action=_StoreTrue,
+        help="continue the interrupted run in --out exactly where it stopped, with its saved config: other flags "
+        "must agree with it (only --threads and --device may differ)",
     )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     d = RunConfig()
-    return RunConfig(
+    config = RunConfig(
         features=replace(
             d.features,
             window_ms=args.window_ms,
@@ -424,6 +627,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             labels=args.labels,
             unknown_ratio=args.unknown_ratio,
             silence_ratio=args.silence_ratio,
+            validation_percent=args.validation_percent,
+            testing_percent=args.testing_percent,
         ),
         augment=AugmentConfig.none() if args.no_augment else d.augment,
         train=TrainConfig(
@@ -435,11 +640,88 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             max_steps=args.max_steps,
         ),
     )
+    return replace(config, data=absolute_data_paths(config.data))
+
+
+RESUME_FREE_FLAGS = frozenset({"out", "resume", "device", "threads"})
+"""Options that may differ from the saved run on --resume (they do not change what is computed)."""
+
+_SAVED_VALUE: dict[str, Any] = {
+    "data": lambda c: c.data.roots,
+    "extra_train": lambda c: c.data.extra_train,
+    "negatives": lambda c: c.data.negatives,
+    "labels": lambda c: c.data.labels,
+    "unknown_ratio": lambda c: c.data.unknown_ratio,
+    "silence_ratio": lambda c: c.data.silence_ratio,
+    "validation_percent": lambda c: c.data.validation_percent,
+    "testing_percent": lambda c: c.data.testing_percent,
+    "window_ms": lambda c: c.features.window_ms,
+    "hop_ms": lambda c: c.features.hop_ms,
+    "n_mfcc": lambda c: c.features.n_mfcc,
+    "hidden_size": lambda c: c.model.hidden_size,
+    "layers": lambda c: c.model.num_layers,
+    "proj_size": lambda c: c.model.proj_size,
+    "dropout": lambda c: c.model.dropout,
+    "epochs": lambda c: c.train.epochs,
+    "batch_size": lambda c: c.train.batch_size,
+    "lr": lambda c: c.train.lr,
+    "seed": lambda c: c.train.seed,
+    "max_minutes": lambda c: c.train.max_minutes,
+    "max_steps": lambda c: c.train.max_steps,
+    "no_augment": lambda c: c.augment == AugmentConfig.none(),
+}
+"""For each option of ``kws train``: the value it sets, read from a RunConfig."""
+
+
+def passed_flags(args: argparse.Namespace) -> set[str]:
+    """The dests of the options the user gave (recorded while parsing; for a namespace built elsewhere, the
+    options whose value differs from the parser's default)."""
+    recorded = getattr(args, PASSED_FLAGS, None)
+    if recorded is not None:
+        return set(recorded)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    return {k for k, v in vars(args).items() if k in defaults and k != PASSED_FLAGS and v != defaults[k]}
+
+
+def resume_conflicts(args: argparse.Namespace, saved: RunConfig) -> list[str]:
+    """The options in ``args`` that contradict the saved run configuration, as ``--flag VALUE (saved: X)``."""
+    passed = passed_flags(args) - RESUME_FREE_FLAGS
+    if not passed:
+        return []
+    wanted = config_from_args(args)
+    saved = replace(saved, data=absolute_data_paths(saved.data))
+    conflicts = []
+    for dest in sorted(passed):
+        get = _SAVED_VALUE.get(dest)
+        if get is None:
+            raise KWSError(f"--{dest.replace('_', '-')} cannot be checked against a saved run")
+        if get(wanted) != get(saved):
+            conflicts.append(f"--{dest.replace('_', '-')} {_show(get(wanted))} (saved: {_show(get(saved))})")
+    return conflicts
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(value) if value else "none"
+    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.resume and not args.data:
         raise KWSError("--data is required (a Speech Commands folder; `kws download` fetches one)")
-    best = train(config_from_args(args), args.out, resume=args.resume, device_name=args.device, threads=args.threads)
+    if args.resume and (Path(args.out) / LAST).is_file():
+        conflicts = resume_conflicts(args, run_config(load_checkpoint(Path(args.out) / LAST)))
+        if conflicts:
+            raise ConfigError(
+                f"--resume continues {args.out} with its saved config, which these flags contradict: "
+                f"{'; '.join(conflicts)}. Drop them (only --threads and --device may differ), or train anew "
+                "into another --out"
+            )
+        config = RunConfig()  # unused: the saved config is
+    else:
+        config = config_from_args(args)
+    best = train(config, args.out, resume=args.resume, device_name=args.device, threads=args.threads)
     print(f"best checkpoint: {best}")
     return 0
