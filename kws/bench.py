@@ -44,8 +44,9 @@ from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
 from kws.config import RunConfig
 from kws.constants import META_LABELS, META_QUANTIZATION, SILENCE_LABEL, SPLITS, UNKNOWN_LABEL
 from kws.data import DataError, load_corpus
-from kws.dataset import PreparedData, SplitData, prepare
+from kws.dataset import PreparedData, SplitData
 from kws.errors import KWSError
+from kws.evaluate import evaluation_data_config, format_with_interval, load_evaluation_data, wilson_interval
 from kws.streamset import (
     ENVELOPE_FRAME_SECONDS,
     KIND_KEYWORD,
@@ -230,15 +231,6 @@ class ModelFiles:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def training_split_mode(payload: dict[str, Any]) -> str | None:
-    """The split mode the checkpoint's training used (``kws.data.load_corpus``'s ``auto`` rule applied to the
-    training roots' layouts, as recorded in the checkpoint), or None if the checkpoint does not say."""
-    layouts = (payload.get("data_summary") or {}).get("layouts")
-    if not layouts:
-        return None
-    return "speaker-hash" if "archive" in layouts else "official"
-
-
 def resolve_models(options: BenchOptions) -> ModelFiles:
     """The given ONNX files (``--models DIR``: ``NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx``,
     ``NAME.stream.int8.onnx``), or the checkpoint exported into ``OUT/models``.
@@ -267,14 +259,16 @@ def resolve_models(options: BenchOptions) -> ModelFiles:
 
     out = Path(options.out) / "models"
     logger.info("exporting %s to %s (no --models given)", options.checkpoint, out)
-    # real clips of the first data folder for the parity checks and (static int8) calibration, as `kws export
-    # --calibration DATA --data DATA` would use
+    # real clips of the data folders for the parity checks and (static int8) calibration, as `kws export
+    # --calibration DATA --data DATA` would use them, split by the same rule as the bench's own test clips
     result = export_checkpoint(
         options.checkpoint,
         out,
         name=options.name,
-        calibration=options.data[0],
-        data=options.data[0],
+        calibration=options.data,
+        data=options.data,
+        split=options.split,
+        split_mode=options.split_mode,
         quantization="dynamic",
         timing=False,
     )
@@ -322,27 +316,6 @@ def check_models(files: ModelFiles, labels: list[str]) -> dict[str, dict[str, An
     return info
 
 
-def load_test_split(options: BenchOptions, config: RunConfig, labels: list[str], mode: str) -> PreparedData:
-    """The ``options.split`` split of ``options.data`` with the checkpoint's data rules and seed.
-
-    Raises:
-        DataError: missing folders or an empty split.
-    """
-    data_config = dataclasses.replace(config.data, roots=tuple(options.data), extra_train=())
-    prepared = prepare(
-        data_config,
-        config.features.sample_rate,
-        config.features.clip_samples,
-        config.train.seed,
-        (options.split,),
-        labels=labels,
-        split_mode=mode,
-    )
-    if len(prepared.splits[options.split]) == 0:
-        raise DataError(f"no clips of the {options.split} split in {', '.join(options.data)}")
-    return prepared
-
-
 def training_overlap(config: RunConfig, mode: str, speakers: set[str]) -> int | None:
     """Test speakers that are also in the training split of the checkpoint's own training roots (None when
     those roots are not on this machine)."""
@@ -350,7 +323,7 @@ def training_overlap(config: RunConfig, mode: str, speakers: set[str]) -> int | 
     if not roots or not all(r.is_dir() for r in roots):
         return None
     try:
-        corpus = load_corpus(dataclasses.replace(config.data, extra_train=()), mode)
+        corpus = load_corpus(evaluation_data_config(config, config.data.roots), mode)
     except DataError:
         return None
     return len(speakers & {c.speaker for c in corpus.clips if c.split == "train"})
@@ -640,17 +613,11 @@ def bench(options: BenchOptions) -> dict[str, Any]:
     config = run_config(payload)
     sample_rate = config.features.sample_rate
 
-    trained_mode = training_split_mode(payload)
-    mode = options.split_mode
-    if mode != "auto":
-        how = "given with --split-mode"
-    elif trained_mode is not None:
-        mode, how = trained_mode, "as in training, read from the checkpoint's data summary"
-    else:
-        how = "kws.data's auto rule on these folders: the checkpoint does not record its split mode"
     t0 = time.perf_counter()
-    prepared = load_test_split(options, config, labels, mode)
-    data = prepared.splits[options.split]
+    # the test clips, split as the checkpoint's training split them (kws evaluate and kws export use the same)
+    evaluation = load_evaluation_data(payload, options.data, options.split, options.split_mode)
+    prepared, data = evaluation.prepared, evaluation.data
+    mode, how = evaluation.split_mode, evaluation.split_mode_how
     speakers = {s for s, sil in zip(data.speakers, data.silence, strict=True) if not sil}
     t0 = stage("load test split", t0)
 
@@ -702,7 +669,17 @@ def bench(options: BenchOptions) -> dict[str, Any]:
             "training_speaker_overlap": training_overlap(config, mode, speakers),
         },
         "accuracy": {
-            name: {k: r[k] for k in ("accuracy", "clips", "per_class", "agreement_with_pytorch", "confusion_matrix")}
+            name: {
+                k: r[k]
+                for k in (
+                    "accuracy",
+                    "accuracy_ci95",
+                    "clips",
+                    "per_class",
+                    "agreement_with_pytorch",
+                    "confusion_matrix",
+                )
+            }
             for name, r in reports.items()
         },
         "latency": latencies,
@@ -766,6 +743,11 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
 
 
+def _pct_ci(x: float | None, interval: list[float] | None, digits: int = 1) -> str:
+    """``"82.0% (77.4-86.0)"``: a proportion with its 95% confidence interval (Wilson score)."""
+    return "n/a" if x is None or not math.isfinite(x) else format_with_interval(x, interval, digits)
+
+
 def _ms(seconds: float | None) -> str:
     return "n/a" if seconds is None or not math.isfinite(seconds) else f"{MS_PER_S * seconds:.0f} ms"
 
@@ -786,8 +768,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def _status(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+def _status(ok: bool, interval: list[float] | None = None, target: float | None = None) -> str:
+    """PASS/FAIL; with a confidence interval that contains the target, a note that the data cannot tell."""
+    status = "PASS" if ok else "FAIL"
+    if interval is not None and target is not None and interval[0] <= target <= interval[1]:
+        status += " (the 95% CI includes the target)"
+    return status
 
 
 def hours_needed(fa_per_hour: float, confidence: float = POISSON_CONFIDENCE) -> float:
@@ -826,18 +812,23 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"(threshold {cfg['threshold']:g}, see below).",
         "",
     ]
+    recall_ci = list(wilson_interval(d["hits"], d["keyword_events"]))
     rows = [
         [
-            f"{n_classes}-class accuracy, ONNX int8 (test split, {acc[MODEL_INT8]['clips']} clips)",
-            _pct(int8, 2),
+            f"{n_classes}-class accuracy, ONNX int8 (test split, {acc[MODEL_INT8]['clips']} clips; 95% CI)",
+            _pct_ci(int8, acc[MODEL_INT8].get("accuracy_ci95"), 2),
             f">= {_pct(report['targets']['accuracy'], 0)}",
-            _status(int8 >= report["targets"]["accuracy"]),
+            _status(
+                int8 >= report["targets"]["accuracy"],
+                acc[MODEL_INT8].get("accuracy_ci95"),
+                report["targets"]["accuracy"],
+            ),
         ],
         [
-            f"keyword recall on the stream ({d['keyword_events']} keywords)",
-            _pct(d["recall"]),
+            f"keyword recall on the stream ({d['keyword_events']} keywords; 95% CI)",
+            _pct_ci(d["recall"], recall_ci),
             f">= {_pct(report['targets']['recall'], 0)}",
-            _status(d["recall"] >= report["targets"]["recall"]),
+            _status(d["recall"] >= report["targets"]["recall"], recall_ci, report["targets"]["recall"]),
         ],
         [
             f"false accepts per hour ({d['false_accepts']} in {60 * nonkw_h:.1f} min of non-keyword audio; "
@@ -927,11 +918,18 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"## Accuracy ({n_classes} classes, per-class recall)",
         "",
         f"{MODEL_STREAM_INT8}: the runtime's model, each clip streamed from zero state and pooled as the "
-        "whole-clip model pools it.",
+        "whole-clip model pools it. In brackets: the 95% confidence interval (Wilson score) of each figure, "
+        "from the number of clips it is measured on.",
         "",
     ]
-    rows = [["**accuracy**", *(f"**{_pct(acc[n]['accuracy'], 2)}**" for n in names)]]
-    rows += [[k, *(_pct(acc[n]["per_class"][k]["recall"]) for n in names)] for k in labels]
+    rows = [["**accuracy**", *(f"**{_pct_ci(acc[n]['accuracy'], acc[n].get('accuracy_ci95'))}**" for n in names)]]
+    rows += [
+        [
+            f"{k} ({acc[names[0]]['per_class'][k]['support']} clips)",
+            *(_pct_ci(acc[n]["per_class"][k]["recall"], acc[n]["per_class"][k].get("recall_ci95")) for n in names),
+        ]
+        for k in labels
+    ]
     rows += [["top-1 agreement with PyTorch", *(_pct(acc[n]["agreement_with_pytorch"]) for n in names)]]
     lines += _table(["class", *names], rows)
 
@@ -1026,7 +1024,10 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines += _table(
         ["figure", "value"],
         [
-            ["keyword recall", f"{_pct(d['recall'])} ({d['hits']} of {d['keyword_events']})"],
+            [
+                "keyword recall (95% CI)",
+                f"{_pct_ci(d['recall'], recall_ci)} ({d['hits']} of {d['keyword_events']})",
+            ],
             [
                 "false accepts",
                 f"{d['false_accepts']} ("
@@ -1163,15 +1164,19 @@ def plot_accuracy(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(labels) + 2), 5.0))
     for i, name in enumerate(names):
         a = report["accuracy"][name]
+        recall = np.array([100 * a["per_class"][k]["recall"] for k in labels])
+        ci = 100 * np.array([a["per_class"][k]["recall_ci95"] for k in labels]).reshape(-1, 2)
         ax.bar(
             x + (i - (len(names) - 1) / 2) * width,
-            [100 * a["per_class"][k]["recall"] for k in labels],
+            recall,
             width,
-            label=f"{name}: {100 * a['accuracy']:.2f}%",
+            yerr=np.stack([recall - ci[:, 0], ci[:, 1] - recall]),
+            error_kw={"elinewidth": 0.6, "capsize": 1.5, "alpha": 0.6},
+            label=f"{name}: {_pct_ci(a['accuracy'], a.get('accuracy_ci95'), 2)}",
         )
     ax.axhline(100 * report["targets"]["accuracy"], color="grey", ls="--", lw=0.8, label="accuracy target")
     ax.set_xticks(x, labels, rotation=45, ha="right")
-    ax.set_ylabel("recall (%)")
+    ax.set_ylabel("recall (%), 95% confidence intervals")
     ax.set_ylim(0, 105)
     ax.set_title(
         f"per-class recall on {report['data']['clips']} test clips, {report['data']['speakers']} speakers",
@@ -1275,17 +1280,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         nargs="+",
+        action="extend",
         required=True,
         metavar="DIR",
         help="Speech Commands folder(s) holding the test speakers (the test archive, the full "
-        "dataset, or several combined)",
+        "dataset, or several combined; repeatable)",
     )
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split (default: %(default)s)")
     parser.add_argument(
         "--split-mode",
         default="auto",
         choices=["auto", "official", "speaker-hash"],
-        help="how speakers are split: auto = as the checkpoint's training did (default: %(default)s)",
+        help="how speakers are split: auto = as the checkpoint's training did; a mode that contradicts it is "
+        "refused (default: %(default)s)",
     )
     parser.add_argument(
         "--negatives",
@@ -1354,7 +1361,7 @@ def run(args: argparse.Namespace) -> int:
     s = report["streaming"]["stats"]
     out = Path(options.out)
     for name in (MODEL_TORCH, MODEL_FP32, MODEL_INT8, MODEL_STREAM_INT8):
-        print(f"{name:<20} accuracy {_pct(acc[name]['accuracy'], 2)}")
+        print(f"{name:<20} accuracy {_pct_ci(acc[name]['accuracy'], acc[name].get('accuracy_ci95'), 2)} (95% CI)")
     print(
         f"stream {report['stream']['composition']['seconds'] / 60:.1f} min at threshold "
         f"{report['streaming']['config']['threshold']:g}: recall {_pct(d['recall'])}, "
