@@ -5,9 +5,11 @@ Writes DIR/NAME.onnx (whole clip: audio [batch, samples] -> scores [batch, label
 DIR/NAME.int8.onnx and DIR/NAME.stream.int8.onnx, and DIR/NAME.export.json (the report).
 
 Checks (printed as one table): onnx.checker and strict shape inference; fp32 ONNX vs PyTorch scores on real
-clips (--data/--calibration, else synthetic); streaming = whole clip for several chunk sizes; onnx's
-ReferenceEvaluator vs onnxruntime; int8 file size and (with --data) accuracy against fp32. A failed check
-exits with status 1 and installs nothing: the files and the report go to DIR/NAME.rejected/.
+clips (--data/--calibration, else synthetic speech-like clips: words over a recording noise floor, background
+noise); streaming = whole clip for several chunk sizes; onnx's ReferenceEvaluator vs onnxruntime; int8 file
+size and (with --data) accuracy against fp32. A failed check exits with status 1 and installs nothing: the
+files and the report go to DIR/NAME.rejected/. Staging folders left by a killed export are removed (and
+listed in a log line) at the next export into DIR.
 
 examples:
   kws export runs/v2/best.pt -o models/
@@ -50,9 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration",
         type=Path,
+        nargs="+",
+        action="extend",
         metavar="DATA",
-        help="Speech Commands folder whose training clips calibrate static int8 quantization "
-        "(and give real clips for the parity checks)",
+        help="Speech Commands folder(s) whose training clips calibrate static int8 quantization "
+        "(and give real clips for the parity checks); repeatable",
     )
     parser.add_argument(
         "--calibration-clips",
@@ -64,8 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
+        nargs="+",
+        action="extend",
         metavar="DATA",
-        help="Speech Commands folder for the accuracy columns (its --split clips)",
+        help="Speech Commands folder(s) for the accuracy columns (their --split clips, split as the "
+        "checkpoint's training split them); repeatable",
     )
     parser.add_argument(
         "--split",

@@ -5,9 +5,14 @@ whole-clip and streaming models; make the int8 variants; run every check of :mod
 the int8 variant to ship; then install the files.
 
 Nothing is written at the final names until every file exists and every check passed: the files are made in
-a private staging folder inside the output folder and moved into place with ``os.replace`` (atomic per file).
-If a check fails, the staged files and the report go to ``DIR/NAME.rejected/`` instead, and the good files
-already in ``DIR`` are left alone.
+a private staging folder inside the output folder (``.NAME.export-PID-XXXXXXXX/``) and moved into place with
+``os.replace`` (atomic per file). If a check fails, the staged files and the report go to ``DIR/NAME.rejected/``
+instead, and the good files already in ``DIR`` are left alone. A staging folder left by a killed export (its
+process is gone) is removed, with a log line, the next time ``kws export`` writes into that folder.
+
+Real clips (``--data``, ``--calibration``) are read with the split rule of the checkpoint's own training
+(:func:`kws.evaluate.resolve_split_mode`, shared with ``kws evaluate`` and ``kws bench``), so the accuracy
+columns never score a clip the model was trained on.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +34,10 @@ import numpy as np
 
 from kws.audio import int16_to_float
 from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
-from kws.config import DataConfig, FeatureConfig, RunConfig
+from kws.config import FeatureConfig, RunConfig
+from kws.constants import SPLITS
 from kws.data import DataError, build_split, detect_layout, load_corpus
+from kws.evaluate import evaluation_data_config, resolve_split_mode
 from kws.export import checks as ck
 from kws.export.onnx_export import (
     ExportError,
@@ -46,6 +55,7 @@ from kws.export.quantize import (
     quantize_dynamic_model,
     quantize_static_model,
 )
+from kws.export.synthetic import speech_like_clips
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +84,13 @@ CHOICE_SPEEDUP = 0.9
 
 EVAL_SEED_OFFSET = 0
 SYNTHETIC_SEED = 1234
+
+STAGING_INFIX = ".export-"
+"""Staging folders are ``.NAME.export-PID-XXXXXXXX`` (PID: the exporting process)."""
+_STAGING = re.compile(r"^\..+\.export-(?P<rest>.+)$")
+
+Roots = str | Path | Sequence[str | Path] | None
+"""One Speech Commands folder, several, or none."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,51 @@ class EvalSet:
 # ------------------------------------------------------------------------------------------------- inputs
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to another user
+        return True
+    return True
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def clean_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders (``.NAME.export-PID-*``) that killed exports left in ``out_dir``.
+
+    A folder whose process is still running (another ``kws export`` into the same folder) is left alone; one
+    without a process id in its name (made before names carried one) counts as stale. Returns the folders
+    removed; one log line lists them.
+    """
+    removed: list[tuple[Path, int]] = []
+    for path in sorted(Path(out_dir).iterdir()):
+        match = _STAGING.match(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        pid = match["rest"].split("-", 1)[0]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        size = _size(path)
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append((path, size))
+    if removed:
+        logger.info(
+            "removed %d staging folder(s) left in %s by an interrupted kws export: %s",
+            len(removed),
+            out_dir,
+            ", ".join(f"{p.name} ({n / 2**20:.1f} MiB)" for p, n in removed),
+        )
+    return [p for p, _ in removed]
+
+
 def check_output_dir(out_dir: Path) -> None:
     """Create ``out_dir`` if needed and make sure a file can be created in it (ExportError otherwise)."""
     out_dir = Path(out_dir)
@@ -171,31 +233,65 @@ def check_output_dir(out_dir: Path) -> None:
         raise ExportError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
 
 
-def _data_config(config: RunConfig, root: Path | str) -> DataConfig:
-    root = Path(root).expanduser()
-    detect_layout(root)  # raises DataError naming the problem (missing, not a folder, not Speech Commands)
-    return replace(config.data, roots=(str(root),))
+def as_roots(value: Roots) -> tuple[Path, ...]:
+    """``--data``/``--calibration`` as a tuple of folders (one folder, several, or none)."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, Path)):
+        value = [value]
+    return tuple(Path(v).expanduser() for v in value)
 
 
-def load_clips(config: RunConfig, labels: list[str], root: Path | str, split: str, limit: int, seed: int) -> EvalSet:
-    """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of a Speech Commands folder.
+def check_roots(roots: Sequence[Path]) -> None:
+    """Each folder exists and is a Speech Commands folder (DataError naming the problem otherwise)."""
+    for root in roots:
+        detect_layout(root)
 
-    Read with :mod:`kws.data` (the checkpoint's DataConfig, its labels; words outside them are ``_unknown_``).
-    With ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded).
+
+def _names(roots: Sequence[Path]) -> str:
+    return ", ".join(str(r) for r in roots)
+
+
+def load_clips(
+    payload: dict[str, Any],
+    roots: Sequence[Path],
+    split: str,
+    limit: int,
+    seed: int,
+    split_mode: str = "auto",
+    fallback: bool = False,
+) -> EvalSet:
+    """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of Speech Commands folders.
+
+    Read with :mod:`kws.data`, the checkpoint's data rules and labels (words outside them are ``_unknown_``)
+    and the split rule of the checkpoint's own training (:func:`kws.evaluate.resolve_split_mode`). With
+    ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded).
+
+    Args:
+        fallback: if ``split`` is empty, use every split (calibration clips need not be held out) and say so.
+
+    Raises:
+        DataError: no clips (of ``split``, unless ``fallback``).
     """
     from kws.dataset import load_noises, load_split
 
-    data_config = _data_config(config, root)
-    corpus = load_corpus(data_config)
-    splits = ("train", "validation", "test") if split == "all" else (split,)
+    config = run_config(payload)
+    labels = list(payload["labels"])
+    mode, _ = resolve_split_mode(payload, split_mode, split)
+    data_config = evaluation_data_config(config, roots)
+    corpus = load_corpus(data_config, mode)
+    if mode == "auto":
+        mode = "speaker-hash" if "archive" in corpus.layouts else "official"
+    splits = SPLITS if split == "all" else (split,)
     examples = [e for s in splits for e in build_split(corpus, labels, s, data_config, seed)]
-    if not examples and split != "all":
-        logger.warning("%s has no %s clips for these labels; using every split", root, split)
-        examples = [
-            e for s in ("train", "validation", "test") for e in build_split(corpus, labels, s, data_config, seed)
-        ]
+    used = split
+    if not examples and fallback and split != "all":
+        logger.warning("%s hold no %s clips of these labels; using every split", _names(roots), split)
+        examples = [e for s in SPLITS for e in build_split(corpus, labels, s, data_config, seed)]
+        used = "every split"
     if not examples:
-        raise DataError(f"{root} holds no clips of the labels {', '.join(labels)}")
+        hint = "" if split == "all" else " (--split all scores every clip)"
+        raise DataError(f"{_names(roots)} hold no {split} clips of the labels {', '.join(labels)}{hint}")
     if 0 < limit < len(examples):
         rng = np.random.default_rng(seed)
         by_label: dict[int, list[int]] = {}
@@ -213,8 +309,9 @@ def load_clips(config: RunConfig, labels: list[str], root: Path | str, split: st
         desc=f"reading {split} clips",
     )
     if len(data) == 0:
-        raise DataError(f"no readable clips in {root}")
-    return EvalSet(int16_to_float(data.audio), data.labels, f"{root} ({split}, {len(data)} clips)")
+        raise DataError(f"no readable clips in {_names(roots)}")
+    rule = "" if split == "all" else f", split mode {mode}"
+    return EvalSet(int16_to_float(data.audio), data.labels, f"{_names(roots)} ({used}, {len(data)} clips{rule})")
 
 
 def _padded(groups: list[list[int]]) -> list[list[int]]:
@@ -223,27 +320,9 @@ def _padded(groups: list[list[int]]) -> list[list[int]]:
 
 
 def synthetic_clips(clip_samples: int, sample_rate: int, count: int, seed: int = SYNTHETIC_SEED) -> np.ndarray:
-    """float32 ``[count, clip_samples]``: noise at several levels, tones, chirps, bursts and near-silence."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(clip_samples) / sample_rate
-    clips = []
-    for i in range(count):
-        kind = i % 5
-        if kind == 0:
-            clip = rng.standard_normal(clip_samples) * 10 ** rng.uniform(-3, -0.7)
-        elif kind == 1:
-            clip = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * t)
-        elif kind == 2:
-            f0, f1 = rng.uniform(100, 1000), rng.uniform(1000, 6000)
-            clip = 0.3 * np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / 2))
-        elif kind == 3:
-            clip = rng.standard_normal(clip_samples) * 1e-4
-            start = rng.integers(0, clip_samples // 2)
-            clip[start : start + clip_samples // 4] += rng.standard_normal(clip_samples // 4) * 0.3
-        else:
-            clip = rng.standard_normal(clip_samples) * 1e-5
-        clips.append(clip)
-    return np.clip(np.stack(clips), -1, 1).astype(np.float32)
+    """float32 ``[count, clip_samples]``: speech-like words over a recording noise floor, background noise and
+    zero-padded short recordings (:mod:`kws.export.synthetic`), the parity clips when no real clips are given."""
+    return speech_like_clips(clip_samples, sample_rate, count, seed)
 
 
 # --------------------------------------------------------------------------------------------- decision
@@ -300,9 +379,10 @@ def export_checkpoint(
     out_dir: str | Path,
     *,
     name: str = DEFAULT_NAME,
-    calibration: str | Path | None = None,
-    data: str | Path | None = None,
+    calibration: Roots = None,
+    data: Roots = None,
     split: str = "test",
+    split_mode: str = "auto",
     quantization: str = QUANT_AUTO,
     calibration_clips: int = CALIBRATION_CLIPS,
     eval_clips: int = 0,
@@ -314,9 +394,11 @@ def export_checkpoint(
 
     Args:
         name: file stem: ``NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx``, ``NAME.stream.int8.onnx``.
-        calibration: Speech Commands folder whose training clips calibrate the static quantization (and serve
+        calibration: Speech Commands folder(s) whose training clips calibrate the static quantization (and serve
             as real parity clips when ``data`` is not given).
-        data: Speech Commands folder whose ``split`` clips measure accuracy (PyTorch, fp32, int8).
+        data: Speech Commands folder(s) whose ``split`` clips measure accuracy (PyTorch, fp32, int8).
+        split_mode: how ``data`` and ``calibration`` are split: ``auto`` is the rule of the checkpoint's
+            training; a mode that contradicts it is refused (:func:`kws.evaluate.resolve_split_mode`).
         quantization: ``auto`` (both when ``calibration`` is given, else dynamic), ``dynamic``, ``static``,
             ``both`` (make both, ship the better one) or ``none`` (float files only).
         calibration_clips, eval_clips: clip limits (``eval_clips=0``: the whole split).
@@ -330,9 +412,10 @@ def export_checkpoint(
     """
     if quantization not in QUANTIZATION_CHOICES:
         raise ExportError(f"unknown quantization {quantization!r} (choose from {', '.join(QUANTIZATION_CHOICES)})")
-    if quantization == "static" and calibration is None:
+    calibration_roots, data_roots = as_roots(calibration), as_roots(data)
+    if quantization == "static" and not calibration_roots:
         raise ExportError("static quantization needs calibration clips: add --calibration DATA")
-    if quantization == QUANT_BOTH and calibration is None:
+    if quantization == QUANT_BOTH and not calibration_roots:
         raise ExportError("--quantization both makes a static variant, which needs --calibration DATA")
     if threads < 1 or calibration_clips < 1 or eval_clips < 0:
         raise ExportError("need threads >= 1, calibration clips >= 1 and eval clips >= 0")
@@ -342,12 +425,14 @@ def export_checkpoint(
     model, labels, payload = model_from_checkpoint(checkpoint)
     config = run_config(payload)
     check_exportable(config.model)
-    for root in (calibration, data):
-        if root is not None:
-            _data_config(config, root)
+    check_roots(calibration_roots + data_roots)
+    for roots, what in ((data_roots, split), (calibration_roots, "train")):
+        if roots:
+            resolve_split_mode(payload, split_mode, what)  # a contradicting split mode, before any slow work
     check_output_dir(out_dir)
+    clean_stale_staging(out_dir)
     if quantization == QUANT_AUTO:
-        quantization = QUANT_BOTH if calibration is not None else QUANT_DYNAMIC
+        quantization = QUANT_BOTH if calibration_roots else QUANT_DYNAMIC
     variants = {
         QUANT_BOTH: [QUANT_DYNAMIC, QUANT_STATIC],
         QUANT_DYNAMIC: [QUANT_DYNAMIC],
@@ -358,9 +443,11 @@ def export_checkpoint(
     seed = config.train.seed + EVAL_SEED_OFFSET
     features = config.features
     evaluation = payload.get("evaluation")
-    eval_set = load_clips(config, labels, data, split, eval_clips, seed) if data is not None else None
+    eval_set = load_clips(payload, data_roots, split, eval_clips, seed, split_mode) if data_roots else None
     calib_set = (
-        load_clips(config, labels, calibration, "train", calibration_clips, seed) if calibration is not None else None
+        load_clips(payload, calibration_roots, "train", calibration_clips, seed, split_mode, fallback=True)
+        if calibration_roots
+        else None
     )
     real = eval_set if eval_set is not None else calib_set
     if real is not None:
@@ -368,10 +455,10 @@ def export_checkpoint(
         parity_source = real.source
     else:
         parity = synthetic_clips(features.clip_samples, features.sample_rate, PARITY_CLIPS)
-        parity_source = "synthetic clips"
+        parity_source = "synthetic speech-like clips"
     logger.info("parity clips: %s", parity_source)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGING_INFIX}{os.getpid()}-", dir=out_dir))
     try:
         options = _Options(name=name, threads=threads, timing=timing, per_channel=per_channel)
         result = _export_in(staging, model, labels, config, evaluation, variants, parity, eval_set, calib_set, options)
