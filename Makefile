@@ -9,18 +9,24 @@ RUN ?= runs/pretrained
 
 .PHONY: demo test lint install-runtime install-dev install-system pretrained bench clean
 
+# pip >= 25 shows the build backend's Python warnings. setuptools always warns "Editable installation. Please be
+# careful with folders in your working directory ..." (with the source line `with strategy, WheelFile(...)`) for
+# an editable install that needs its import finder, as this one does (export/ and runtime/ install as
+# kws.export and kws.runtime); it is information, not a problem, so it is filtered out here by its message.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # Runtime only: numpy, onnxruntime, soundfile, soxr (no torch).
 $(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 # Everything: torch/torchaudio (pinned), onnx, sounddevice, pytest, ruff.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,mic,dev]'
+	$(PIP_INSTALL) -e '.[train,mic,dev]'
 	touch $@ $(VENV)/.runtime
 
 install-runtime: $(VENV)/.runtime
