@@ -238,11 +238,28 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this many minutes (0: no limit); the schedule is set by epochs
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
     num_workers: int = 0
+    class_weight_power: float = 0.0  # loss weight of class c is (clips of c) ** -power (0: off, 1: fully balanced)
+    teacher: str = ""  # a `kws teacher --out` folder whose soft labels the student learns from ("": none)
+    distill_weight: float = 0.5  # share of the loss given to the teacher's soft labels
+    distill_temperature: float = 2.0  # softmax temperature of both teacher and student in that term
 
     def __post_init__(self) -> None:
         _check_finite(
-            self, "lr", "weight_decay", "warmup_epochs", "label_smoothing", "grad_clip", "ema_decay", "max_minutes"
+            self,
+            "lr",
+            "weight_decay",
+            "warmup_epochs",
+            "label_smoothing",
+            "grad_clip",
+            "ema_decay",
+            "max_minutes",
+            "class_weight_power",
+            "distill_weight",
+            "distill_temperature",
         )
+        _check(0 <= self.class_weight_power <= 1, "class_weight_power must be in [0, 1]")
+        _check(0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]")
+        _check(0 < self.distill_temperature <= 20, "distill_temperature must be in (0, 20]")
         _check(self.epochs >= 1, f"need epochs >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"need batch_size >= 1, got {self.batch_size}")
         _check(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")

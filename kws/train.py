@@ -55,6 +55,7 @@ from kws.errors import KWSError
 from kws.evaluate import evaluate_split, format_report, predict, write_report
 from kws.features import spec_augment
 from kws.model import KWSModel
+from kws.objective import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +269,18 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
             ) from None
         start_epoch, step, best, history = state["epoch"], state["step"], state["best_accuracy"], state["history"]
 
+    teacher_logits = None
+    if tc.teacher:
+        from kws.teacher import load_soft_labels
+
+        teacher_logits = load_soft_labels(tc.teacher, labels, train_data.paths)
+        logger.info(
+            "distilling from the teacher in %s (weight %g, temperature %g)",
+            tc.teacher,
+            tc.distill_weight,
+            tc.distill_temperature,
+        )
+    objective = Objective(tc, train_data.labels, len(labels), teacher_logits, device)
     augmenter = Augmenter(
         config.augment,
         fc.sample_rate,
@@ -303,7 +316,7 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
                     feats.cpu(), a.time_masks, a.time_mask_frames, a.freq_masks, a.freq_mask_bins, gen
                 ).to(device)
             logits = model.pool(model(feats)[0][:, -clip_frames:])
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=tc.label_smoothing)
+            loss = objective(logits, y, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -572,6 +585,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-augment", action=_StoreTrue, help="train without any augmentation")
     g.add_argument(
+        "--class-weight-power",
+        action=_Store,
+        type=float,
+        default=d.train.class_weight_power,
+        help="weigh each class's loss by (its training clips) ** -POWER: 0 off, 0.5 halfway, 1 every class "
+        "counts the same, for unbalanced data such as few on/off clips (default: %(default)s)",
+    )
+    g.add_argument(
         "--max-minutes",
         action=_Store,
         type=float,
@@ -600,6 +621,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=_StoreTrue,
         help="continue the interrupted run in --out exactly where it stopped, with its saved config: other flags "
         "must agree with it (only --threads and --device may differ)",
+    )
+
+    t = parser.add_argument_group("distillation (optional: a `kws teacher` folder made with the same --data)")
+    t.add_argument(
+        "--teacher",
+        action=_Store,
+        default="",
+        metavar="DIR",
+        help="learn also from the soft labels of the pretrained-embedding teacher in DIR (`kws teacher --out DIR`)",
+    )
+    t.add_argument(
+        "--distill-weight",
+        action=_Store,
+        type=float,
+        default=d.train.distill_weight,
+        help="share of the loss given to the teacher's soft labels (default: %(default)s)",
+    )
+    t.add_argument(
+        "--distill-temperature",
+        action=_Store,
+        type=float,
+        default=d.train.distill_temperature,
+        help="softmax temperature of the distillation term (default: %(default)s)",
     )
 
 
@@ -638,6 +682,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             seed=args.seed,
             max_minutes=args.max_minutes,
             max_steps=args.max_steps,
+            class_weight_power=args.class_weight_power,
+            teacher=str(Path(args.teacher).expanduser().resolve()) if args.teacher else "",
+            distill_weight=args.distill_weight,
+            distill_temperature=args.distill_temperature,
         ),
     )
     return replace(config, data=absolute_data_paths(config.data))
@@ -668,6 +716,10 @@ _SAVED_VALUE: dict[str, Any] = {
     "seed": lambda c: c.train.seed,
     "max_minutes": lambda c: c.train.max_minutes,
     "max_steps": lambda c: c.train.max_steps,
+    "class_weight_power": lambda c: c.train.class_weight_power,
+    "teacher": lambda c: c.train.teacher,
+    "distill_weight": lambda c: c.train.distill_weight,
+    "distill_temperature": lambda c: c.train.distill_temperature,
     "no_augment": lambda c: c.augment == AugmentConfig.none(),
 }
 """For each option of ``kws train``: the value it sets, read from a RunConfig."""

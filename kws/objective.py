@@ -1,0 +1,97 @@
+"""The training loss: cross-entropy with optional class weights, plus optional distillation from a teacher.
+
+``loss = (1 - w) * CE(student, label; class weights) + w * T^2 * KL(teacher_T || student_T)`` over the examples
+that have a teacher row (the others get the hard term alone, at full weight), where ``X_T`` is the softmax of
+logits divided by the temperature ``T`` (Hinton et al. 2015, "Distilling the knowledge in a neural network").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from kws.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def class_weights(labels: np.ndarray, n_labels: int, power: float) -> np.ndarray | None:
+    """Per-class loss weights ``(count_c) ** -power``, scaled so the mean weight over the examples is 1.
+
+    Args:
+        labels: int ``[examples]`` class indices of the training split.
+        n_labels: number of classes.
+        power: 0 (no weighting: returns None) .. 1 (every class weighs the same in total).
+
+    Returns:
+        float32 ``[n_labels]`` (0 for classes without examples), or None when ``power`` is 0.
+    """
+    if not power:
+        return None
+    counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
+    weights = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
+    weights *= counts.sum() / max(float((weights * counts).sum()), 1e-12)
+    return weights.astype(np.float32)
+
+
+class Objective:
+    """The loss of one batch.
+
+    Args:
+        config: ``class_weight_power``, ``label_smoothing``, ``distill_weight``, ``distill_temperature``.
+        train_labels: int ``[examples]`` labels of the training split (for the class weights).
+        n_labels: number of classes.
+        teacher_logits: float32 ``[examples, n_labels]`` aligned with the training split, NaN rows where the
+            teacher has none; None without a teacher.
+        device: where the batches live.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_labels: np.ndarray,
+        n_labels: int,
+        teacher_logits: np.ndarray | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config
+        weights = class_weights(train_labels, n_labels, config.class_weight_power)
+        self.weights = None if weights is None else torch.from_numpy(weights).to(device)
+        if weights is not None:
+            logger.info("class weights: %s", ", ".join(f"{w:.2f}" for w in weights))
+        self.teacher = None
+        if teacher_logits is not None and config.distill_weight > 0:
+            if teacher_logits.shape != (len(train_labels), n_labels):
+                raise ValueError(f"teacher logits {teacher_logits.shape} for {len(train_labels)} examples")
+            self.teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, np.float32)).to(device)
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Scalar loss of student ``logits [batch, n_labels]`` for ``labels [batch]``.
+
+        Args:
+            index: int ``[batch]`` positions of the batch's examples in the training split.
+        """
+        cfg = self.config
+        per_example = nn.functional.cross_entropy(
+            logits, labels, weight=self.weights, label_smoothing=cfg.label_smoothing, reduction="none"
+        )
+        if self.weights is not None:  # weighted mean, as cross_entropy(reduction="mean") computes it
+            hard_norm = self.weights[labels].sum().clamp_min(1e-12) / len(labels)
+            per_example = per_example / hard_norm
+        if self.teacher is None:
+            return per_example.mean()
+        teacher = self.teacher[torch.as_tensor(index, device=self.teacher.device)]
+        has = ~torch.isnan(teacher[:, 0])
+        w = torch.where(has, torch.full_like(per_example, cfg.distill_weight), torch.zeros_like(per_example))
+        loss = (1 - w) * per_example
+        if has.any():
+            t = cfg.distill_temperature
+            student = nn.functional.log_softmax(logits[has] / t, dim=-1)
+            target = nn.functional.log_softmax(teacher[has] / t, dim=-1)
+            kl = nn.functional.kl_div(student, target, log_target=True, reduction="none").sum(-1)
+            loss = loss.clone()
+            loss[has] = loss[has] + cfg.distill_weight * t * t * kl
+        return loss.mean()
