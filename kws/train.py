@@ -285,7 +285,9 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
         config.augment,
         fc.sample_rate,
         prepared.noises,
-        speech_context_clips(prepared, fc.sample_rate, CONTEXT_SPEECH_CLIPS, tc.seed)
+        speech_context_clips(
+            prepared, fc.sample_rate, CONTEXT_SPEECH_CLIPS, tc.seed, max(1.0, config.augment.context_seconds)
+        )
         if config.augment.context_prob
         else [],
     )
@@ -382,7 +384,7 @@ def _final_evaluation(best_path: Path, prepared: PreparedData, device: torch.dev
     model, _, payload = model_from_checkpoint(best_path)
     report = evaluate_split(model.to(device), test, prepared.labels)
     report["split"] = "test"
-    report["data"] = list(run_config(payload).data.roots)
+    report["data"] = [Path(r).name for r in run_config(payload).data.roots]  # by name: no machine's paths
     write_report(report, best_path.parent, "test", f"{best_path.name}, test split")
     payload["evaluation"] = {k: report[k] for k in ("accuracy", "clips", "speakers", "split", "data")}
     payload["evaluation"]["per_class_recall"] = {k: v["recall"] for k, v in report["per_class"].items()}
