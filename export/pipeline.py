@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kws.audio import int16_to_float
-from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
+from kws.checkpoint import atomic_write, clean_stale_temporaries, model_from_checkpoint, run_config
 from kws.config import FeatureConfig, RunConfig
 from kws.constants import SPLITS
 from kws.data import DataError, build_split, detect_layout, load_corpus
@@ -431,6 +431,7 @@ def export_checkpoint(
             resolve_split_mode(payload, split_mode, what)  # a contradicting split mode, before any slow work
     check_output_dir(out_dir)
     clean_stale_staging(out_dir)
+    clean_stale_temporaries(out_dir, names=[f"{name}.export.json"])  # a report write that was killed
     if quantization == QUANT_AUTO:
         quantization = QUANT_BOTH if calibration_roots else QUANT_DYNAMIC
     variants = {

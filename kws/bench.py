@@ -40,7 +40,7 @@ import numpy as np
 
 from kws import __version__
 from kws.audio import AudioError, int16_to_float, load_audio
-from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
+from kws.checkpoint import atomic_write, clean_stale_temporaries, model_from_checkpoint, run_config
 from kws.config import RunConfig
 from kws.constants import META_LABELS, META_QUANTIZATION, SILENCE_LABEL, SPLITS, UNKNOWN_LABEL
 from kws.data import DataError, load_corpus
@@ -70,6 +70,8 @@ from kws.streamset import (
 
 logger = logging.getLogger(__name__)
 
+OUTPUTS = ("bench.md", "bench.json", "accuracy.png", "det_curve.png")
+"""What `kws bench` writes into OUT (besides the exported models in OUT/models)."""
 BENCH_THREADS = 1
 """Threads of every timed model (onnxruntime intra-op, PyTorch): the runtime's default on a device."""
 LATENCY_RUNS = 200
@@ -608,6 +610,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         raise BenchError(f"negatives folder {options.negatives} does not exist")
     out = Path(options.out).expanduser()
     check_output_dir(out)
+    clean_stale_temporaries(out, names=list(OUTPUTS))  # left by a killed earlier run
     machine = machine_info()
     model, labels, payload = model_from_checkpoint(options.checkpoint)
     config = run_config(payload)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from kws.audio import int16_to_float
-from kws.checkpoint import atomic_write, model_from_checkpoint, run_config
+from kws.checkpoint import atomic_write, clean_stale_temporaries, model_from_checkpoint, run_config
 from kws.config import DataConfig, RunConfig
 from kws.constants import SPLITS
 from kws.data import DataError, detect_layout
@@ -43,6 +43,9 @@ from kws.model import KWSModel
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
+REPORT = "report"
+REPORT_JSON, REPORT_PNG = f"{REPORT}.json", f"{REPORT}_confusion.png"
+"""What `kws evaluate` writes into its output folder (see :func:`write_report`)."""
 
 CONFIDENCE_Z = 1.959963984540054
 """Standard normal quantile of a two-sided 95% interval."""
@@ -377,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
     model, labels, payload = model_from_checkpoint(args.checkpoint)
     out_dir = args.out or Path(args.checkpoint).parent / f"eval-{args.split}"
     check_output_dir(out_dir)  # before the slow part: a result that cannot be saved is not computed
+    clean_stale_temporaries(out_dir, names=[REPORT_JSON, REPORT_PNG])  # left by a killed earlier run
     evaluation = load_evaluation_data(payload, args.data, args.split, args.split_mode)
     report = evaluate_split(model, evaluation.data, labels)
     report.update(
@@ -390,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_report(report), flush=True)  # shown even if the report cannot be written
     try:
-        json_path, png_path = write_report(report, out_dir, "report", f"{Path(args.checkpoint).name} on {args.split}")
+        json_path, png_path = write_report(report, out_dir, REPORT, f"{Path(args.checkpoint).name} on {args.split}")
     except (KWSError, OSError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise EvaluationError(
