@@ -341,6 +341,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"accuracy {accuracy} on {report['clips']} clips ({report.get('speakers', '?')} speakers)",
         f"{'class':<12} {'precision (95% CI)':>20} {'recall (95% CI)':>20} {'n':>5}",
     ]
+    if report.get("split_mode"):
+        how = f" ({report['split_mode_how']})" if report.get("split_mode_how") else ""
+        lines.insert(1, f"split {report.get('split', '?')}, split mode {report['split_mode']}{how}")
     for label, m in report["per_class"].items():
         precision = format_with_interval(m["precision"], m.get("precision_ci95"))
         recall = format_with_interval(m["recall"], m.get("recall_ci95"))
