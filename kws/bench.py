@@ -165,7 +165,7 @@ class BenchOptions:
     name: str = DEFAULT_NAME
     split: str = "test"
     split_mode: str = "auto"
-    negatives: Path | None = None
+    negatives: tuple[Path, ...] = ()
     stream_minutes: float = DEFAULT_STREAM_MINUTES
     snr_db: tuple[float, float] = SNR_DB
     tolerance: float = MATCH_TOLERANCE_SECONDS
@@ -188,8 +188,8 @@ class BenchOptions:
             "--split-mode",
             self.split_mode,
         ]
-        if self.negatives is not None:
-            parts += ["--negatives", str(self.negatives)]
+        if self.negatives:
+            parts += ["--negatives", *map(str, self.negatives)]
         parts += [
             "--stream-minutes",
             f"{self.stream_minutes:g}",
@@ -453,8 +453,8 @@ def build_stream(
     unknown_clips = [c for c in prepared.corpus.clips if c.split == options.split and c.word not in label_set]
     words = {str(c.path): c.word for c in unknown_clips}
     unknowns = file_utterances([c.path for c in unknown_clips], KIND_UNKNOWN, lambda p: words[str(p)])
-    negatives = negative_utterances(options.negatives) if options.negatives is not None else []
-    if options.negatives is None:
+    negatives = [u for folder in options.negatives for u in negative_utterances(folder)]
+    if not options.negatives:
         logger.warning("no --negatives: the stream's only non-keyword speech is %s clips", UNKNOWN_LABEL)
     noises, noise_source = stream_noises(prepared, options.split, sample_rate)
     seconds = options.stream_minutes * 60.0
@@ -606,8 +606,9 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         raise BenchError(f"--snr-db needs LOW <= HIGH, got {options.snr_db[0]:g} {options.snr_db[1]:g}")
     if options.tolerance < 0 or options.latency_runs < 1:
         raise BenchError("need --tolerance >= 0 and --latency-runs >= 1")
-    if options.negatives is not None and not Path(options.negatives).expanduser().is_dir():
-        raise BenchError(f"negatives folder {options.negatives} does not exist")
+    for folder in options.negatives:
+        if not Path(folder).expanduser().is_dir():
+            raise BenchError(f"negatives folder {folder} does not exist")
     out = Path(options.out).expanduser()
     check_output_dir(out)
     clean_stale_temporaries(out, names=list(OUTPUTS))  # left by a killed earlier run
@@ -1300,9 +1301,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--negatives",
         type=Path,
+        nargs="+",
+        action="extend",
         metavar="DIR",
-        help="non-keyword speech recordings (any audio files under DIR, any rate), e.g. "
-        "wake_word_negatives; without it only unknown-word clips are non-keyword speech",
+        help="folder(s) of non-keyword speech recordings (any audio files under DIR, any rate), e.g. "
+        "wake_word_negatives: the half `kws train --negatives` never uses is streamed; without it only "
+        "unknown-word clips are non-keyword speech; repeatable",
     )
     parser.add_argument(
         "--stream-minutes",
@@ -1347,7 +1351,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         name=args.name,
         split=args.split,
         split_mode=args.split_mode,
-        negatives=args.negatives,
+        negatives=tuple(args.negatives or ()),
         stream_minutes=args.stream_minutes,
         snr_db=(float(args.snr_db[0]), float(args.snr_db[1])),
         tolerance=args.tolerance,

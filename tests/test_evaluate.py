@@ -113,9 +113,12 @@ class TestRepeatedFlags:
     def test_bench(self) -> None:
         from kws import bench
 
-        args = _parse(bench, ["--checkpoint", "c.pt", "--out", "o", "--data", "A", "--data", "B"])
-        assert args.data == ["A", "B"]
-        assert bench.options_from_args(args).data == ("A", "B")
+        argv = ["--checkpoint", "c.pt", "--out", "o", "--data", "A", "--data", "B"]
+        argv += ["--negatives", "N", "--negatives", "M"]
+        options = bench.options_from_args(_parse(bench, argv))
+        assert options.data == ("A", "B") and options.negatives == (Path("N"), Path("M"))
+        assert "--negatives N M" in options.command()
+        assert bench.options_from_args(_parse(bench, argv[:8])).negatives == ()
 
     def test_export(self) -> None:
         from kws.export import cli
