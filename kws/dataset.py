@@ -1,4 +1,9 @@
-"""Labelled splits loaded into memory as fixed-length int16 clips (torch-free)."""
+"""Labelled splits loaded into memory as fixed-length int16 clips (torch-free).
+
+With a cache folder (:mod:`kws.cache`), the clips come from each data folder's decoded-audio cache instead of the
+audio files (bit-identical), and a split asked for ``lazy`` stays in the memory-mapped caches (:class:`ClipRows`):
+the processes of a distributed run then share its pages instead of each holding a copy.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from kws.audio import AudioError, fit_length, float_to_int16, int16_to_float, load_audio
+from kws.augment import Augmenter
+from kws.cache import CLIPS, FILES, AudioCache, ClipRows, crop, open_cache
 from kws.config import DataConfig
 from kws.constants import SILENCE_LABEL
-from kws.data import Corpus, Example, build_split, load_corpus, resolve_labels, split_summary
+from kws.data import Corpus, Example, build_split, load_corpus, negative_files, resolve_labels, split_summary
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +32,8 @@ class SplitData:
     """One split in memory.
 
     Attributes:
-        audio: int16 ``[clips, clip_samples]``.
+        audio: int16 ``[clips, clip_samples]`` (a :class:`~kws.cache.ClipRows` for a split loaded ``lazy``: index
+            it, or ``np.asarray`` it for an ordinary array).
         labels: int64 ``[clips]`` indices into the run's label list.
         silence: bool ``[clips]``, True for ``_silence_`` examples.
         speakers: the speaker of each clip.
@@ -33,7 +41,7 @@ class SplitData:
         skipped: files that could not be read.
     """
 
-    audio: np.ndarray
+    audio: np.ndarray | ClipRows
     labels: np.ndarray
     silence: np.ndarray
     speakers: list[str]
@@ -67,6 +75,72 @@ def load_noises(corpus: Corpus, sample_rate: int) -> list[np.ndarray]:
     return noises
 
 
+@dataclass
+class DataCaches:
+    """The decoded-audio caches of a run's folders (see :mod:`kws.cache`).
+
+    Attributes:
+        clips: ``clips`` caches, by data folder (as the corpus names it: ``Path(root).expanduser()``).
+        files: ``files`` caches of the ``--negatives`` folders, likewise.
+    """
+
+    clips: dict[Path, AudioCache]
+    files: dict[Path, AudioCache]
+    sample_rate: int
+    clip_samples: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of decoded audio in every cache (their memory-mapped files)."""
+        return sum(c.nbytes for c in (*self.clips.values(), *self.files.values()))
+
+    def lookup(self, ex: Example) -> tuple[AudioCache, int] | np.ndarray | None:
+        """Where the audio of a file example is cached: ``(clips cache, row)``, an int16 crop ``[clip_samples]`` (a
+        ``--negatives`` crop), or None (not cached: read the file).
+
+        Raises:
+            AudioError: the file could not be read when the cache was built.
+        """
+        path = ex.path
+        if path is None:
+            return None
+        if ex.crop_offset < 0:
+            cache = self.clips.get(path.parent.parent)
+            if cache is None:
+                return None
+            row = cache.row(f"{path.parent.name}/{path.name}")
+            return None if row is None else (cache, row)
+        for root, cache in self.files.items():
+            if path.is_relative_to(root):
+                samples = cache.samples(path.relative_to(root).as_posix())
+                if samples is None:
+                    return None
+                return crop(samples, self.sample_rate, self.clip_samples, ex.crop_offset)
+        return None
+
+
+def open_caches(
+    corpus: Corpus, config: DataConfig, cache_dir: str | Path, sample_rate: int, clip_samples: int
+) -> DataCaches:
+    """Open (building where needed) the cache of every data folder (``roots``, ``extra_train``: each clip's
+    window) and of every ``negatives`` folder (whole files), under ``cache_dir``.
+
+    Raises:
+        kws.cache.CacheError: the cache folder cannot be created or written.
+    """
+    clips: dict[Path, AudioCache] = {}
+    for root in dict.fromkeys(Path(r).expanduser() for r in (*config.roots, *config.extra_train)):
+        names = [f"{c.path.parent.name}/{c.path.name}" for c in corpus.clips if c.path.parent.parent == root]
+        clips[root] = open_cache(cache_dir, root, names, CLIPS, sample_rate, clip_samples, _progress)
+    files: dict[Path, AudioCache] = {}
+    for root in dict.fromkeys(Path(r).expanduser() for r in config.negatives):
+        names = [p.relative_to(root).as_posix() for p in negative_files(root)]
+        files[root] = open_cache(cache_dir, root, names, FILES, sample_rate, clip_samples, _progress)
+    caches = DataCaches(clips=clips, files=files, sample_rate=sample_rate, clip_samples=clip_samples)
+    logger.info("audio caches in %s: %.1f MiB of decoded audio", cache_dir, caches.nbytes / 2**20)
+    return caches
+
+
 def load_split(
     examples: list[Example],
     corpus: Corpus,
@@ -74,9 +148,20 @@ def load_split(
     sample_rate: int,
     clip_samples: int,
     desc: str,
+    caches: DataCaches | None = None,
+    lazy: bool = False,
 ) -> SplitData:
-    """Read every example of a split; unreadable files are skipped with a warning and counted."""
-    audio, labels, silence, speakers, paths, skipped = [], [], [], [], [], []
+    """Read every example of a split; unreadable files are skipped with a warning and counted.
+
+    Args:
+        caches: read the clips from these caches instead of the files (the same int16 samples).
+        lazy: with ``caches``, leave the cached clips in the memory-mapped caches (``audio`` is a
+            :class:`~kws.cache.ClipRows`) instead of copying them into one array.
+    """
+    labels, silence, speakers, paths, skipped = [], [], [], [], []
+    sources: dict[int, tuple[int, np.ndarray]] = {}  # id(cache audio) -> (source number, array)
+    where: list[tuple[int, int]] = []  # (source, row) of each clip; source -1: ``in_memory``
+    in_memory: list[np.ndarray] = []
     clip_seconds = clip_samples / sample_rate
     for ex in _progress(examples, len(examples), desc):
         if ex.path is None:
@@ -86,33 +171,95 @@ def load_split(
             start = int(ex.noise_offset * max(len(noise) - clip_samples, 0))
             clip = fit_length(noise[start : start + clip_samples], clip_samples) * np.float32(ex.noise_gain)
             source = f"noise:{corpus.noise_files[ex.noise_index % len(noises)].name}@{start}"
+            in_memory.append(float_to_int16(clip))
+            where.append((-1, len(in_memory) - 1))
         else:
             try:
-                # Only the clip's window is read: a long file in a word folder costs one clip of memory, and a
-                # crop of a long non-keyword file (crop_offset >= 0) seeks to its window.
-                position = ex.crop_offset if ex.crop_offset >= 0 else 0.0
-                samples = load_audio(ex.path, sample_rate, max_seconds=clip_seconds, position=position)
-                clip = fit_length(samples, clip_samples)
+                hit = caches.lookup(ex) if caches is not None else None
+                if isinstance(hit, tuple):
+                    cache, row = hit
+                    number, _ = sources.setdefault(id(cache.audio), (len(sources), cache.audio))
+                    where.append((number, row))
+                else:
+                    if hit is None:
+                        # Only the clip's window is read: a long file in a word folder costs one clip of memory,
+                        # and a crop of a long non-keyword file (crop_offset >= 0) seeks to its window.
+                        position = ex.crop_offset if ex.crop_offset >= 0 else 0.0
+                        samples = load_audio(ex.path, sample_rate, max_seconds=clip_seconds, position=position)
+                        hit = float_to_int16(fit_length(samples, clip_samples))
+                    in_memory.append(hit)
+                    where.append((-1, len(in_memory) - 1))
             except AudioError as exc:
                 logger.warning("skipping %s", exc)
                 skipped.append(str(ex.path))
                 continue
             source = str(ex.path) if ex.crop_offset < 0 else f"{ex.path}@{ex.crop_offset:.3f}"
-        audio.append(float_to_int16(clip))
         labels.append(ex.label)
         silence.append(ex.path is None or ex.speaker == "noise")
         speakers.append(ex.speaker)
         paths.append(source)
     if skipped:
         logger.warning("%d unreadable file(s) skipped in %s", len(skipped), desc)
+    arrays = [array for _, array in sorted(sources.values(), key=lambda item: item[0])]
+    memory = np.stack(in_memory) if in_memory else np.zeros((0, clip_samples), np.int16)
+    number = np.asarray([len(arrays) if s < 0 else s for s, _ in where], np.int64)
+    rows = np.asarray([r for _, r in where], np.int64)
+    audio: np.ndarray | ClipRows = ClipRows([*arrays, memory], number, rows, clip_samples)
+    if not (lazy and arrays):
+        audio = memory if not arrays else np.asarray(audio)
     return SplitData(
-        audio=np.stack(audio) if audio else np.zeros((0, clip_samples), np.int16),
+        audio=audio,
         labels=np.asarray(labels, np.int64),
         silence=np.asarray(silence, bool),
         speakers=speakers,
         paths=paths,
         skipped=skipped,
     )
+
+
+AUGMENT_STREAM = 0x6B7773
+"""Tags the seeds of :class:`AugmentedBatches` (they never coincide with the permutation's ``[seed, epoch]``)."""
+
+
+class AugmentedBatches:
+    """The augmented training batches of one epoch in one process, each drawn from its own seeded generator.
+
+    Batch ``i`` is ``augmenter.batch`` of the clips ``batches[i]`` with ``np.random.default_rng([seed, epoch,
+    AUGMENT_STREAM, rank, i])``: the same whichever process computes it, so DataLoader workers (any number of
+    them) give the same batches as the training process itself. A map-style dataset for ``torch.utils.data``
+    (no torch needed here).
+
+    Args:
+        data: the training split.
+        batches: int ``[batch]`` clip indices into ``data`` of each batch of the epoch.
+        rank: this process's rank (0 in a single-process run).
+    """
+
+    def __init__(
+        self,
+        data: SplitData,
+        augmenter: Augmenter,
+        batches: list[np.ndarray],
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+    ) -> None:
+        self.data = data
+        self.augmenter = augmenter
+        self.batches = batches
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(index, audio)``: int ``[batch]`` clip indices and float32 ``[batch, context + samples]`` audio."""
+        idx = self.batches[i]
+        rng = np.random.default_rng([self.seed, self.epoch, AUGMENT_STREAM, self.rank, i])
+        audio = self.augmenter.batch(list(self.data.float_audio(idx)), list(self.data.silence[idx]), rng)
+        return idx, audio
 
 
 @dataclass
@@ -134,16 +281,27 @@ def prepare(
     splits: tuple[str, ...],
     labels: list[str] | None = None,
     split_mode: str = "auto",
+    cache_dir: str | Path | None = None,
+    lazy: tuple[str, ...] = (),
 ) -> PreparedData:
-    """Scan ``config.roots``, resolve the labels (or use the given ones) and load the requested splits."""
+    """Scan ``config.roots``, resolve the labels (or use the given ones) and load the requested splits.
+
+    Args:
+        cache_dir: read the clips through the decoded-audio caches in this folder (built where missing or stale;
+            the same samples as reading the files); None: read the files.
+        lazy: with ``cache_dir``, the splits to leave in the memory-mapped caches (see :func:`load_split`).
+    """
     corpus = load_corpus(config, split_mode)
     labels = labels or resolve_labels(config.labels, corpus.words)
     noises = load_noises(corpus, sample_rate)
+    caches = open_caches(corpus, config, cache_dir, sample_rate, clip_samples) if cache_dir is not None else None
     loaded: dict[str, SplitData] = {}
     summary: dict[str, object] = {"roots": list(config.roots), "layouts": list(corpus.layouts)}
     for split in splits:
         examples = build_split(corpus, labels, split, config, seed)
-        data = load_split(examples, corpus, noises, sample_rate, clip_samples, desc=f"loading {split}")
+        data = load_split(
+            examples, corpus, noises, sample_rate, clip_samples, f"loading {split}", caches, split in lazy
+        )
         summary[split] = {**split_summary(examples, labels), "skipped": len(data.skipped)}
         loaded[split] = data
     silence_index = labels.index(SILENCE_LABEL)
