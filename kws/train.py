@@ -6,17 +6,26 @@ SpecAugment), validates every epoch, keeps the best checkpoint and finally evalu
 
 Writes to --out: last.pt (for --resume), best.pt (the model to export), metrics.jsonl, curves.png,
 test.json and test_confusion.png. The whole run configuration is saved in every checkpoint.
+
+Several GPUs (or CPU processes, or machines): `torchrun --nproc_per_node N -m kws train ...` trains one model with
+DistributedDataParallel (NCCL on CUDA, gloo on CPU); add `--nnodes M --rdzv-backend c10d --rdzv-endpoint
+HOST:PORT` on every machine for several. --batch-size is per process (the global batch is N times larger); each
+epoch's shuffled order is shared by all processes and split between them; rank 0 alone writes files and logs, and
+its checkpoints are those of a single process (--resume them with the same number of processes). The clips are
+read through a decoded-audio cache (--cache) shared by all processes and later runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from kws import distributed
 from kws.augment import Augmenter
+from kws.cache import default_cache_dir
 from kws.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -50,7 +61,7 @@ from kws.config import (
     TrainConfig,
     to_dict,
 )
-from kws.dataset import PreparedData, prepare, speech_context_clips
+from kws.dataset import AugmentedBatches, PreparedData, SplitData, prepare, speech_context_clips
 from kws.errors import KWSError
 from kws.evaluate import evaluate_split, format_report, predict, write_report
 from kws.features import spec_augment
@@ -62,6 +73,8 @@ logger = logging.getLogger(__name__)
 NORMALIZATION_CLIPS = 2000
 CONTEXT_SPEECH_CLIPS = 2000
 LAST, BEST = "last.pt", "best.pt"
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""--precision: float32, or autocast to bfloat16 / float16 (with loss scaling) for the LSTM on CUDA."""
 OUTPUTS = (LAST, BEST, "metrics.jsonl", "curves.png", "test.json", "test_confusion.png")
 """Every file a run writes into its folder (atomically)."""
 
@@ -79,17 +92,19 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KWSError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
+def _accuracy(
+    model: KWSModel, audio: np.ndarray, labels: np.ndarray, context: distributed.Context | None = None
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of whole-clip predictions of int16 clips ``[clips, samples]``.
 
-
-def _accuracy(model: KWSModel, audio: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of whole-clip predictions of int16 clips ``[clips, samples]``."""
-    probs = predict(model, audio)
+    In a distributed run each rank predicts its share (``rank::world_size``) and the probabilities are gathered,
+    so every rank gets the figures of the whole split.
+    """
+    if context is not None and context.distributed:
+        mine = predict(model, audio[context.rank :: context.world_size])
+        probs = context.gather_shards(mine, len(labels))
+    else:
+        probs = predict(model, audio)
     picked = probs[np.arange(len(labels)), labels]
     return float((probs.argmax(1) == labels).mean()), float(-np.log(np.maximum(picked, 1e-12)).mean())
 
@@ -167,34 +182,75 @@ def check_trainable(config: RunConfig) -> None:
         )
 
 
-def train(config: RunConfig, out_dir: Path, resume: bool = False, device_name: str = "auto", threads: int = 0) -> Path:
+def train(
+    config: RunConfig,
+    out_dir: Path,
+    resume: bool = False,
+    device_name: str = "auto",
+    threads: int = 0,
+    cache_dir: str | Path | None = None,
+    precision: str = "fp32",
+    require_distributed: bool = False,
+) -> Path:
     """Train (or resume) a run in ``out_dir``; returns the path of the best checkpoint.
 
     The run folder is locked for the whole run (a second ``train`` into it fails at once), and temporaries
-    that an earlier killed run left behind are removed first.
+    that an earlier killed run left behind are removed first. Under torchrun every process calls this
+    (:mod:`kws.distributed`): rank 0 checks and locks the folder, reads ``last.pt`` and alone writes files.
 
     Args:
         config: the run's configuration (ignored with ``resume``: the saved one is used; ``kws train
             --resume`` refuses flags that contradict it).
-        threads: CPU threads for torch (0: every core).
+        threads: CPU threads for torch (0: every core, shared by the processes of a distributed run).
+        cache_dir: read the clips through the decoded-audio caches in this folder (:mod:`kws.cache`; the same
+            samples as the files); None: read the files.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast of the model on CUDA (validation stays float32).
+        require_distributed: refuse to run without torchrun's environment.
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ConfigError(f"--threads must be >= 0 (0: every core), got {threads}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out_dir = Path(out_dir)
-    last_path = out_dir / LAST
+    with distributed.session(device_name, required=require_distributed) as context, contextlib.ExitStack() as held:
+        if precision != "fp32" and context.device.type != "cuda":
+            raise ConfigError(f"--precision {precision} is for CUDA; on {context.device} use --precision fp32")
+        state, config = context.lead(lambda: _open_run(config, out_dir, resume, context.world_size, held))
+        return _train_locked(config, state, out_dir, context, threads, cache_dir, precision)
+
+
+def _open_run(
+    config: RunConfig, out_dir: Path, resume: bool, world_size: int, held: contextlib.ExitStack
+) -> tuple[dict[str, Any] | None, RunConfig]:
+    """Rank 0's part of starting a run: check and lock ``out_dir`` (held in ``held``), read ``last.pt`` for a
+    resume, remove stale temporaries. Returns the resume payload (None for a new run) and the run's config."""
+    last_path, best_path = out_dir / LAST, out_dir / BEST
     if resume and not last_path.is_file():
         raise CheckpointError(f"nothing to resume: {last_path} does not exist")
     if not resume:
         check_trainable(config)
-    device = _device(device_name)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise KWSError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     if not os.access(out_dir, os.W_OK):
         raise KWSError(f"output folder {out_dir} is not writable")
-    with lock_folder(out_dir, "kws train"):
-        return _train_locked(config, out_dir, resume, device, threads)
+    held.enter_context(lock_folder(out_dir, "kws train"))
+    state: dict[str, Any] | None = None
+    if resume:
+        state, config = _resume_state(last_path)
+        saved_world = state.get("world_size", 1)
+        if saved_world != world_size:
+            raise KWSError(
+                f"{last_path} was trained by {saved_world} process(es) and this run has {world_size}: the batches "
+                f"and schedule depend on it, so resume with {saved_world} (torchrun --nnodes x --nproc_per_node; "
+                "plain `kws train` for 1)"
+            )
+        logger.info("resuming %s after epoch %d", out_dir, state["epoch"])
+    elif last_path.exists() or best_path.exists():
+        raise KWSError(f"{out_dir} already holds a run; use --resume to continue it or choose another --out")
+    clean_stale_temporaries(out_dir, OUTPUTS, min_age_s=0)  # the lock says no other train writes here
+    return state, replace(config, data=absolute_data_paths(config.data))
 
 
 def _resume_state(last_path: Path) -> tuple[dict[str, Any], RunConfig]:
@@ -209,24 +265,77 @@ def _resume_state(last_path: Path) -> tuple[dict[str, Any], RunConfig]:
             raise CheckpointError(f"{last_path}: {key!r} is missing or invalid; it cannot be resumed")
     if not 0 <= state["epoch"] <= config.train.epochs or state["step"] < 0:
         raise CheckpointError(f"{last_path}: epoch {state['epoch']} / step {state['step']} out of range")
+    world = state.get("world_size", 1)
+    if not isinstance(world, int) or isinstance(world, bool) or world < 1:
+        raise CheckpointError(f"{last_path}: 'world_size' is invalid; it cannot be resumed")
     return state, config
 
 
-def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.device, threads: int) -> Path:
-    last_path, best_path = out_dir / LAST, out_dir / BEST
-    state: dict[str, Any] | None = None
-    if resume:
-        state, config = _resume_state(last_path)
-        logger.info("resuming %s after epoch %d", out_dir, state["epoch"])
-    elif last_path.exists() or best_path.exists():
-        raise KWSError(f"{out_dir} already holds a run; use --resume to continue it or choose another --out")
-    clean_stale_temporaries(out_dir, OUTPUTS, min_age_s=0)  # the lock says no other train writes here
-    config = replace(config, data=absolute_data_paths(config.data))
+def _as_is(batch: Any) -> Any:
+    """DataLoader ``collate_fn`` that keeps a dataset item (numpy arrays) as it is."""
+    return batch
 
+
+def _epoch_batches(
+    data: SplitData,
+    augmenter: Augmenter,
+    sampler: distributed.ShardedSampler,
+    config: TrainConfig,
+    epoch: int,
+    in_process: bool,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's ``(clip indices [batch], augmented float32 audio [batch, samples])`` of one epoch.
+
+    ``in_process`` (a single process without workers): one generator, seeded ``[seed, epoch]``, draws the order
+    and then every batch's augmentation, as ``kws train`` always has. Otherwise each batch is augmented from its
+    own seed (:class:`~kws.dataset.AugmentedBatches`), in ``config.num_workers`` DataLoader workers or here.
+    """
+    if in_process:
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(data))
+        for b in range(sampler.steps_per_epoch):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            yield idx, augmenter.batch(list(data.float_audio(idx)), list(data.silence[idx]), rng)
+        return
+    batches = AugmentedBatches(data, augmenter, sampler.batches(epoch), config.seed, epoch, sampler.rank)
+    if not config.num_workers:
+        for i in range(len(batches)):
+            yield batches[i]
+        return
+    from torch.utils.data import DataLoader
+
+    yield from DataLoader(batches, batch_size=None, num_workers=config.num_workers, collate_fn=_as_is)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _train_locked(
+    config: RunConfig,
+    state: dict[str, Any] | None,
+    out_dir: Path,
+    context: distributed.Context,
+    threads: int,
+    cache_dir: str | Path | None,
+    precision: str,
+) -> Path:
+    last_path, best_path = out_dir / LAST, out_dir / BEST
+    device = context.device
     if device.type == "cpu":
-        torch.set_num_threads(threads or os.cpu_count() or 1)
+        torch.set_num_threads(threads or context.default_threads())
     fc, tc = config.features, config.train
-    prepared = prepare(config.data, fc.sample_rate, fc.clip_samples, tc.seed, ("train", "validation", "test"))
+    prepared = prepare(
+        config.data,
+        fc.sample_rate,
+        fc.clip_samples,
+        tc.seed,
+        ("train", "validation", "test"),
+        cache_dir=cache_dir,
+        lazy=("train",),
+    )
     labels = prepared.labels
     if state is not None and list(state["labels"]) != labels:
         raise KWSError("the data's labels differ from the checkpoint's; resume with the same --data")
@@ -252,8 +361,10 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
         model.frontend.fit_normalization(torch.from_numpy(train_data.float_audio(np.sort(idx))).to(device))
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil(len(train_data) / tc.batch_size)
+    sampler = distributed.ShardedSampler(len(train_data), tc.batch_size, tc.seed, context.rank, context.world_size)
+    steps_per_epoch = sampler.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     history: list[dict[str, Any]] = []
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
@@ -263,6 +374,8 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
         try:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if scaler.is_enabled() and isinstance(state.get("scaler"), dict):
+                scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as exc:
             raise CheckpointError(
                 f"{last_path}: the optimizer state cannot be restored ({type(exc).__name__})"
@@ -291,38 +404,55 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
         if config.augment.context_prob
         else [],
     )
+    net = context.wrap(model)  # what the batches go through; checkpoints keep `model`'s own state dict
+    in_process = not context.distributed and not tc.num_workers
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model: %d parameters, %d labels; %d steps/epoch on %s", n_params, len(labels), steps_per_epoch, device)
+    logger.info(
+        "model: %d parameters, %d labels; %d steps/epoch on %s%s",
+        n_params,
+        len(labels),
+        steps_per_epoch,
+        device,
+        f" x {context.world_size} processes ({context.backend})" if context.distributed else "",
+    )
     clip_frames = fc.num_frames(fc.clip_samples)
     started = time.monotonic()
     from tqdm import tqdm
 
     for epoch in range(start_epoch, tc.epochs):
         model.train()
-        rng = np.random.default_rng([tc.seed, epoch])
-        torch.manual_seed(tc.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(tc.seed * 100_019 + epoch)
-        order = rng.permutation(len(train_data))
+        torch.manual_seed(distributed.rank_seed(tc.seed * 100_003 + epoch, context.rank))
+        gen = torch.Generator().manual_seed(distributed.rank_seed(tc.seed * 100_019 + epoch, context.rank))
+        batches = _epoch_batches(train_data, augmenter, sampler, tc, epoch, in_process)
         loss_sum, correct, seen = 0.0, 0, 0
+        epoch_started = time.monotonic()
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, mininterval=1.0, disable=None
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            leave=False,
+            mininterval=1.0,
+            disable=context.progress_disable,
         )
-        for b in bar:
-            idx = order[b * tc.batch_size : (b + 1) * tc.batch_size]
-            audio = augmenter.batch(list(train_data.float_audio(idx)), list(train_data.silence[idx]), rng)
+        for idx, audio in bar:
             y = torch.from_numpy(train_data.labels[idx]).to(device)
-            feats = model.frontend(torch.from_numpy(audio).to(device))
+            feats = model.frontend(torch.from_numpy(audio).to(device))  # float32 features, also under autocast
             a = config.augment
             if a.time_masks or a.freq_masks:
-                feats = spec_augment(
-                    feats.cpu(), a.time_masks, a.time_mask_frames, a.freq_masks, a.freq_mask_bins, gen
-                ).to(device)
-            logits = model.pool(model(feats)[0][:, -clip_frames:])
+                mask = spec_augment(
+                    torch.ones(feats.shape), a.time_masks, a.time_mask_frames, a.freq_masks, a.freq_mask_bins, gen
+                )
+                feats = feats * mask.to(device)
+            with _autocast(device, precision):
+                frames = net(feats)[0][:, -clip_frames:]
+            logits = model.pool(frames.float())
             loss = objective(logits, y, idx)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             if ema is not None:
@@ -334,8 +464,14 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
             if tc.max_steps and step >= tc.max_steps:
                 break
         bar.close()
+        batches.close()  # ends the DataLoader's workers of a partial epoch
+        train_seconds = time.monotonic() - epoch_started
         scored = ema if ema is not None else model
-        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels)  # not empty: _check_split
+        val_acc, val_loss = _accuracy(scored, val_data.audio, val_data.labels, context)  # not empty: _check_split
+        out_of_time = bool(tc.max_minutes and (time.monotonic() - started) / 60 >= tc.max_minutes)
+        sums = context.all_sum(np.array([loss_sum, correct, seen, train_seconds, out_of_time], np.float64))
+        if context.distributed:  # the whole run's figures; a single process keeps its own numbers exactly
+            loss_sum, correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
         record = {
             "epoch": epoch + 1,
             "step": step,
@@ -345,33 +481,40 @@ def _train_locked(config: RunConfig, out_dir: Path, resume: bool, device: torch.
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "minutes": (time.monotonic() - started) / 60,
+            "clips_per_second": seen / max(float(sums[3]) / context.world_size, 1e-9),
         }
         history.append(record)
         logger.info(
-            "epoch %d/%d: loss %.3f, train acc %.1f%%, val acc %.2f%% (%.1f min)",
+            "epoch %d/%d: loss %.3f, train acc %.1f%%, val acc %.2f%% (%.1f min, %.0f clips/s)",
             epoch + 1,
             tc.epochs,
             record["train_loss"],
             100 * record["train_accuracy"],
             100 * val_acc,
             record["minutes"],
+            record["clips_per_second"],
         )
+        context.check_replicas(f"after epoch {epoch + 1}", model, *([ema] if ema is not None else []))
         improved = val_acc > best
         best = max(best, val_acc)
-        payload = _payload(
-            scored, optimizer, scheduler, config, labels, epoch + 1, step, best, history, prepared.summary
-        )
-        payload["train_model"] = model.state_dict()
-        if improved:
-            save_checkpoint(best_path, payload)
-        save_checkpoint(last_path, payload)
-        _write_metrics(history, out_dir)
-        out_of_time = tc.max_minutes and (time.monotonic() - started) / 60 >= tc.max_minutes
-        if (tc.max_steps and step >= tc.max_steps) or out_of_time:
+        if context.is_main:
+            payload = _payload(
+                scored, optimizer, scheduler, config, labels, epoch + 1, step, best, history, prepared.summary
+            )
+            payload["train_model"] = model.state_dict()
+            payload["world_size"] = context.world_size
+            if scaler.is_enabled():
+                payload["scaler"] = scaler.state_dict()
+            if improved:
+                save_checkpoint(best_path, payload)
+            save_checkpoint(last_path, payload)
+            _write_metrics(history, out_dir)
+        if (tc.max_steps and step >= tc.max_steps) or sums[4]:
             logger.info("stopping early: %s limit reached", "step" if tc.max_steps and step >= tc.max_steps else "time")
             break
-    plot_curves(history, out_dir / "curves.png")
-    _final_evaluation(best_path, prepared, device)
+    if context.is_main:
+        plot_curves(history, out_dir / "curves.png")
+        _final_evaluation(best_path, prepared, device)
     return best_path
 
 
@@ -622,7 +765,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume",
         action=_StoreTrue,
         help="continue the interrupted run in --out exactly where it stopped, with its saved config: other flags "
-        "must agree with it (only --threads and --device may differ)",
+        "must agree with it (only --threads, --device, --cache, --no-cache, --precision and --distributed may "
+        "differ); a distributed run resumes with the same number of processes",
+    )
+
+    scale = parser.add_argument_group(
+        "scale (several GPUs or processes: `torchrun --nproc_per_node N -m kws train ...`)",
+        "torchrun starts N processes that train one model with DistributedDataParallel (NCCL on CUDA, one\n"
+        "GPU each; gloo on CPU); for several machines run the same command on each with --nnodes M\n"
+        "--rdzv-backend c10d --rdzv-endpoint HOST:PORT. --batch-size is per process; rank 0 alone writes the\n"
+        "files and logs.",
+    )
+    scale.add_argument(
+        "--workers",
+        action=_Store,
+        type=int,
+        default=d.train.num_workers,
+        help="DataLoader worker processes that read and augment the training batches, per process (default: "
+        "%(default)s: in the training process). With 1 or more, and in every distributed run, each batch is "
+        "augmented from its own seed, so the number of workers never changes the result",
+    )
+    scale.add_argument(
+        "--cache",
+        action=_Store,
+        type=Path,
+        default=default_cache_dir(),
+        metavar="DIR",
+        help="decoded-audio cache: each data folder is decoded once into an int16 memory map there, shared by the "
+        "processes of a run and by later runs, and rebuilt when the folder changes (default: $KWS_CACHE_DIR or "
+        "%(default)s)",
+    )
+    scale.add_argument("--no-cache", action=_StoreTrue, help="read the audio files themselves (no cache)")
+    scale.add_argument(
+        "--precision",
+        action=_Store,
+        default="fp32",
+        choices=PRECISIONS,
+        help="fp32, or bf16/fp16 autocast of the LSTM on CUDA (fp16 with loss scaling); features and "
+        "validation stay float32 (default: %(default)s)",
+    )
+    scale.add_argument(
+        "--distributed",
+        action=_StoreTrue,
+        help="fail (one line) unless launched by torchrun, instead of training as a single process",
     )
 
     t = parser.add_argument_group("distillation (optional: a `kws teacher` folder made with the same --data)")
@@ -688,12 +873,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             teacher=str(Path(args.teacher).expanduser().resolve()) if args.teacher else "",
             distill_weight=args.distill_weight,
             distill_temperature=args.distill_temperature,
+            num_workers=args.workers,
         ),
     )
     return replace(config, data=absolute_data_paths(config.data))
 
 
-RESUME_FREE_FLAGS = frozenset({"out", "resume", "device", "threads"})
+RESUME_FREE_FLAGS = frozenset({"out", "resume", "device", "threads", "cache", "no_cache", "precision", "distributed"})
 """Options that may differ from the saved run on --resume (they do not change what is computed)."""
 
 _SAVED_VALUE: dict[str, Any] = {
@@ -723,6 +909,7 @@ _SAVED_VALUE: dict[str, Any] = {
     "distill_weight": lambda c: c.train.distill_weight,
     "distill_temperature": lambda c: c.train.distill_temperature,
     "no_augment": lambda c: c.augment == AugmentConfig.none(),
+    "workers": lambda c: c.train.num_workers,
 }
 """For each option of ``kws train``: the value it sets, read from a RunConfig."""
 
@@ -770,12 +957,22 @@ def run(args: argparse.Namespace) -> int:
         if conflicts:
             raise ConfigError(
                 f"--resume continues {args.out} with its saved config, which these flags contradict: "
-                f"{'; '.join(conflicts)}. Drop them (only --threads and --device may differ), or train anew "
-                "into another --out"
+                f"{'; '.join(conflicts)}. Drop them (only --threads, --device, --cache and --precision may "
+                "differ), or train anew into another --out"
             )
         config = RunConfig()  # unused: the saved config is
     else:
         config = config_from_args(args)
-    best = train(config, args.out, resume=args.resume, device_name=args.device, threads=args.threads)
-    print(f"best checkpoint: {best}")
+    best = train(
+        config,
+        args.out,
+        resume=args.resume,
+        device_name=args.device,
+        threads=args.threads,
+        cache_dir=None if args.no_cache else args.cache,
+        precision=args.precision,
+        require_distributed=args.distributed,
+    )
+    if distributed.environment_rank() == 0:
+        print(f"best checkpoint: {best}")
     return 0
