@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
-SC := $(DATA)/speech_commands_test_set_v0.02 $(DATA)/speech_commands_v0.01_sample $(DATA)/speech_commands_v0.02_sample
 RUN ?= runs/pretrained
 
 .PHONY: demo test lint install-runtime install-dev install-system pretrained bench clean
@@ -29,6 +28,11 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e '.[train,mic,dev]'
 	touch $@ $(VENV)/.runtime
 
+# The training-time teacher of `make pretrained` (openWakeWord's ONNX speech embedding); never needed to run.
+$(VENV)/.teacher: pyproject.toml $(VENV)/.dev
+	$(PIP_INSTALL) -e '.[train,mic,dev,teacher]'
+	touch $@
+
 install-runtime: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
 
@@ -49,7 +53,7 @@ install-system:
 	bash .ci/install-system.sh
 
 ## pretrained: re-create the shipped model from the real data in $(DATA) (train, export, copy into kws/pretrained)
-pretrained: $(VENV)/.dev
+pretrained: $(VENV)/.teacher
 	bash scripts/make_pretrained.sh $(DATA) $(RUN)
 
 ## bench: accuracy / size / speed / streaming detection quality of the shipped model
