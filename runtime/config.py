@@ -8,8 +8,12 @@ same configuration works for any hop size. The state re-synchronisation scheme (
 from __future__ import annotations
 
 import math
+import numbers
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kws.config import ConfigError
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
@@ -43,6 +47,32 @@ DEFAULT_THRESHOLD = 0.7
 DEFAULT_REFRACTORY_MS = 1000.0
 """After a detection no keyword is reported for this long (recognize_commands: suppression)."""
 
+# Ranges of the settings. The upper bounds are far beyond any useful value; they keep an absurd option (a typo
+# such as --smoothing-ms 1e12) from becoming a huge allocation, a hang or an overflow deep in the engine.
+MAX_CHUNK_MS = 2_000.0
+"""Audio per model call: beyond 2 s the latency is useless for live detection and saves no CPU."""
+MAX_SMOOTHING_MS = 10_000.0
+MAX_REFRACTORY_MS = 3_600_000.0
+MAX_RESET_PERIOD_MS = 3_600_000.0
+MAX_LANES = 16
+MAX_THREADS = 64
+"""onnxruntime intra-op threads: a tiny streaming model gains nothing beyond a few."""
+
+MIN_INPUT_RATE = 4_000
+MAX_INPUT_RATE = 384_000
+"""Sample rates accepted for input audio (files, raw PCM on stdin) and models (Hz)."""
+MAX_INPUT_CHANNELS = 1024
+"""Interleaved channels accepted for raw PCM on stdin (libsndfile's own limit for files)."""
+
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "chunk_ms": (0.0, MAX_CHUNK_MS, True),
+    "smoothing_ms": (0.0, MAX_SMOOTHING_MS, False),
+    "refractory_ms": (0.0, MAX_REFRACTORY_MS, False),
+    "reset_period_ms": (0.0, MAX_RESET_PERIOD_MS, False),
+    "lanes": (1, MAX_LANES, False),
+}
+"""(low, high, low excluded) of each numeric :class:`SpotterConfig` field; thresholds are in (0, 1]."""
+
 
 @dataclass(frozen=True)
 class SpotterConfig:
@@ -70,18 +100,21 @@ class SpotterConfig:
 
     def __post_init__(self) -> None:
         pairs = self.thresholds.items() if isinstance(self.thresholds, Mapping) else self.thresholds
-        object.__setattr__(self, "thresholds", tuple(sorted((str(k), float(v)) for k, v in pairs)))
-        _check(self.chunk_ms > 0, f"chunk_ms must be positive, got {self.chunk_ms}")
-        _check(self.lanes >= 1, f"lanes must be >= 1, got {self.lanes}")
-        _check(self.reset_period_ms >= 0, f"reset_period_ms must be >= 0, got {self.reset_period_ms}")
+        try:
+            thresholds = tuple(sorted((str(k), float(v)) for k, v in pairs))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"thresholds must be (keyword, number) pairs: {exc}") from None
+        object.__setattr__(self, "thresholds", thresholds)
+        _check(isinstance(self.lanes, numbers.Integral) and not isinstance(self.lanes, bool),
+               f"lanes must be a whole number, got {self.lanes!r}")  # fmt: skip
+        for name, (low, high, low_excluded) in RANGES.items():
+            check_range(name, getattr(self, name), low, high, low_excluded=low_excluded)
         _check(
             self.reset_period_ms > 0 or self.lanes == 1,
             "more than one lane needs a reset period > 0 (lanes only help with periodic resets)",
         )
-        _check(self.smoothing_ms >= 0, f"smoothing_ms must be >= 0, got {self.smoothing_ms}")
-        _check(self.refractory_ms >= 0, f"refractory_ms must be >= 0, got {self.refractory_ms}")
         for name, value in (("default", self.threshold), *self.thresholds):
-            _check(0 < value <= 1, f"threshold for {name} must be in (0, 1], got {value}")
+            check_range(f"threshold for {name}", value, 0, 1, low_excluded=True)
         names = [k for k, _ in self.thresholds]
         _check(len(set(names)) == len(names), f"a keyword has two thresholds: {names}")
 
@@ -148,6 +181,76 @@ def parse_thresholds(values: Iterable[str]) -> tuple[float | None, dict[str, flo
         else:
             default = value
     return default, per_keyword
+
+
+def check_range(name: str, value: object, low: float, high: float, *, low_excluded: bool = False) -> None:
+    """``value`` is a finite number in ``[low, high]`` (``(low, high]`` with ``low_excluded``).
+
+    Raises:
+        ConfigError: naming ``name``, the range and the value (nan and inf are always out of range).
+    """
+    number = _number(name, value)
+    inside = (low < number if low_excluded else low <= number) and number <= high
+    if not inside:
+        bracket = "(" if low_excluded else "["
+        raise ConfigError(f"{name} must be in {bracket}{_show(low)}, {_show(high)}], got {value!r}")
+
+
+def _show(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_threads(threads: object, name: str = "threads") -> None:
+    """``threads`` (onnxruntime intra-op threads) is a whole number in ``1..MAX_THREADS``.
+
+    Raises:
+        ConfigError: naming ``name``.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise ConfigError(f"{name} must be a whole number, got {threads!r}")
+    check_range(name, threads, 1, MAX_THREADS)
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def regular_file(path: str | Path, what: str, error: type[Exception] = ConfigError, *,
+                 pipe_hint: str = "") -> Path:  # fmt: skip
+    """``path`` as a :class:`Path` if it is a readable regular file (or a link to one).
+
+    Named pipes are refused without being opened (opening one blocks until a writer appears).
+
+    Args:
+        path: the file.
+        what: what it should be, for the message (``"audio file"``, ``"model file"``).
+        error: the exception type to raise.
+        pipe_hint: appended to the message for a named pipe (what to do instead).
+
+    Raises:
+        error: it does not exist, is a folder, a named pipe or another non-regular file, or cannot be read.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as exc:  # permission denied on a parent folder, a loop of links, a name too long...
+        raise error(f"{what} {path} cannot be accessed: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{what} {path} is a folder, not a file")
+    if stat.S_ISFIFO(mode):
+        raise error(f"{what} {path} is a named pipe, not a regular file{pipe_hint}")
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {path} is not a regular file (a device or a socket?)")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    return path
 
 
 def _check(condition: bool, message: str) -> None:

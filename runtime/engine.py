@@ -31,6 +31,7 @@ from time import perf_counter
 
 import numpy as np
 
+from kws.config import ConfigError
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
 from kws.runtime.model import POOL_LAST, POOL_MEAN, BoundStep, StreamingModel
 
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 INT16_SCALE = np.float32(1.0 / 32768.0)
 """int16 PCM -> float in [-1, 1) (as :func:`kws.audio.int16_to_float`)."""
+
+MAX_ENGINE_BYTES = 256 << 20
+"""The engine's buffers (audio, outputs, states, pooled logits) for a model and settings stay below this:
+a damaged model's metadata combined with extreme settings is refused instead of exhausting memory."""
 
 
 class StreamEngine:
@@ -77,12 +82,30 @@ class StreamEngine:
         else:
             self.period_frames, self.offsets, self.min_context_frames = 0, (0,), 0
         self._lane_axes = [s.lane_axis for s in info.states]
+        self._check_memory(model)
         self._buffer = np.zeros((1, self.context + self.chunk_frames * self.hop), dtype=np.float32)
         self._step_runner = BoundStep(model, self._buffer, self.lanes)
         n_labels = len(info.labels)
         self._pool = LogitPool(self.lanes, info.pool_frames, n_labels) if info.pooling == POOL_MEAN else None
         self._softmax = info.pooling == POOL_LAST
         self.reset()
+
+    def _check_memory(self, model: StreamingModel) -> None:
+        info = model.info
+        n_labels = len(info.labels)
+        per_lane_state = sum(int(np.prod([d for d in s.shape if d != s.shape[s.lane_axis]])) for s in info.states)
+        floats = (
+            self.context + self.chunk_frames * self.hop  # audio buffer
+            + 2 * self.lanes * self.chunk_frames * n_labels  # bound outputs + onnxruntime's own
+            + 3 * self.lanes * per_lane_state  # ping-pong states + a call's new states
+            + (self.lanes + 1) * (info.pool_frames + self.chunk_frames) * n_labels * (info.pooling == POOL_MEAN)
+        )  # fmt: skip
+        if 4 * floats > MAX_ENGINE_BYTES:
+            raise ConfigError(
+                f"{info.path.name} with {self.lanes} lane(s) and {self.chunk_frames} frames per call needs "
+                f"{4 * floats / 2**20:.0f} MiB of buffers (at most {MAX_ENGINE_BYTES >> 20} MiB): use fewer "
+                "lanes or a smaller --chunk-ms"
+            )
 
     @property
     def states(self) -> list[np.ndarray]:

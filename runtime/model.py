@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import onnxruntime as ort
 from kws.constants import (
     INPUT_AUDIO,
     META_CLIP_SAMPLES,
+    META_FEATURE_CONFIG,
     META_FORMAT,
     META_FORMAT_VERSION,
     META_HOP_SAMPLES,
@@ -34,7 +36,15 @@ from kws.constants import (
     OUTPUT_SCORES,
 )
 from kws.errors import KWSError
-from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, PRETRAINED_MODEL_NAME
+from kws.runtime.config import (
+    DEFAULT_THREADS,
+    MAX_INPUT_RATE,
+    MIN_INPUT_RATE,
+    NON_KEYWORD_LABELS,
+    PRETRAINED_MODEL_NAME,
+    check_threads,
+    regular_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,15 @@ frames' ``logits`` (the whole-clip model pools a clip's frames the same way)."""
 REQUIRED_METADATA: tuple[str, ...] = (
     META_FORMAT, META_KIND, META_LABELS, META_SAMPLE_RATE, META_WINDOW_SAMPLES, META_HOP_SAMPLES, META_STATE,
 )  # fmt: skip
+
+# Bounds on the metadata: a damaged or hand-edited file must give a clear error, not a huge allocation.
+MAX_LABELS = 1000
+MAX_STATES = 16
+MAX_STATE_SIZE = 1 << 20
+"""Elements of one lane of all state tensors together (the shipped model: 2 x 2 x 192)."""
+MAX_CLIP_SECONDS = 10
+MIN_HOP_MS = 1.0
+"""Frames are at least 1 ms apart (the shipped model: 20 ms)."""
 
 
 class ModelError(KWSError, ValueError):
@@ -145,11 +164,13 @@ def session_options(threads: int = DEFAULT_THREADS) -> ort.SessionOptions:
 
     One intra-op thread (no thread pool hand-offs, no spinning cores), sequential execution, every graph
     optimisation, warnings only.
+
+    Raises:
+        ConfigError: ``threads`` is not a whole number in ``1..MAX_THREADS``.
     """
-    if threads < 1:
-        raise ModelError(f"threads must be >= 1, got {threads}")
+    check_threads(threads)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -164,17 +185,34 @@ def make_session(path: str | Path, threads: int = DEFAULT_THREADS) -> ort.Infere
     """An onnxruntime CPU session for ``path`` with :func:`session_options`.
 
     Raises:
-        ModelError: the file is missing or is not a loadable ONNX model.
+        ModelError: the file is missing, not a regular file or not a loadable ONNX model.
+        ConfigError: ``threads`` is out of range.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
+    options = session_options(threads)
+    path = regular_file(path, "model file", ModelError)
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                    providers=["CPUExecutionProvider"])  # fmt: skip
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, NotImplemented, ...
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path} is not a loadable ONNX model: {detail}") from None
+        raise ModelError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name if empty), at most ``limit`` characters."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (metadata values can be anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A metadata string made safe for a one-line message (control characters replaced, length cut)."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return clean + ("..." if len(text) > limit else "")
 
 
 def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
@@ -189,22 +227,19 @@ def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
         raise ModelError(f"{path} is not a kws model: metadata {', '.join(missing)} missing "
                          "(export it with `kws export`)")  # fmt: skip
     if meta[META_FORMAT] != META_FORMAT_VERSION:
-        raise ModelError(f"{path}: metadata format {meta[META_FORMAT]!r} is not supported "
+        raise ModelError(f"{path}: metadata format {_short(meta[META_FORMAT])} is not supported "
                          f"(this runtime reads format {META_FORMAT_VERSION!r})")  # fmt: skip
     kind = meta[META_KIND]
-    try:
-        labels = tuple(str(x) for x in json.loads(meta[META_LABELS]))
-        sample_rate = int(meta[META_SAMPLE_RATE])
-        window = int(meta[META_WINDOW_SAMPLES])
-        hop = int(meta[META_HOP_SAMPLES])
-        clip = int(meta.get(META_CLIP_SAMPLES, sample_rate))
-        states = tuple(_state_spec(x) for x in json.loads(meta[META_STATE]))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelError(f"{path}: invalid kws metadata ({exc})") from None
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise ModelError(f"{path}: metadata {META_LABELS} must list at least 2 distinct labels, got {labels}")
-    if not (sample_rate > 0 and 0 < hop <= window):
-        raise ModelError(f"{path}: invalid metadata sample_rate={sample_rate}, window={window}, hop={hop}")
+    labels = _labels(path, meta[META_LABELS])
+    sample_rate = _integer(path, meta, META_SAMPLE_RATE, MIN_INPUT_RATE, MAX_INPUT_RATE)
+    window = _integer(path, meta, META_WINDOW_SAMPLES, 1, sample_rate)  # at most 1 s
+    hop = _integer(path, meta, META_HOP_SAMPLES, max(1, math.ceil(sample_rate * MIN_HOP_MS / 1000)), window)
+    clip = _integer(path, meta, META_CLIP_SAMPLES, window, MAX_CLIP_SECONDS * sample_rate, sample_rate)
+    feature_rate = _feature_rate(meta.get(META_FEATURE_CONFIG))
+    if feature_rate is not None and feature_rate != sample_rate:
+        raise ModelError(f"{path}: metadata {META_SAMPLE_RATE}={sample_rate} contradicts {META_FEATURE_CONFIG} "
+                         f"(features computed at {feature_rate} Hz)")  # fmt: skip
+    states = _state_specs(path, meta[META_STATE])
 
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
@@ -227,27 +262,87 @@ def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
                 f"{path}: a model with per-frame {OUTPUT_LOGITS!r} needs metadata {META_POOLING} "
                 f"({POOL_LAST!r} or {POOL_MEAN!r}), got {pooling or 'none'!r}"
             )
-        default_frames = 1 + max(0, clip - window) // hop
-        try:
-            pool_frames = int(meta.get(META_POOL_FRAMES, default_frames))
-        except ValueError:
-            pool_frames = 0
-        if pool_frames < 1:
-            raise ModelError(f"{path}: invalid metadata {META_POOL_FRAMES}={meta.get(META_POOL_FRAMES)!r}")
+        clip_frames = 1 + (clip - window) // hop
+        pool_frames = _integer(path, meta, META_POOL_FRAMES, 1, clip_frames, clip_frames)
     return ModelInfo(
-        path=Path(path), kind=kind, labels=labels, sample_rate=sample_rate, window_samples=window,
+        path=Path(path), kind=_printable(kind), labels=labels, sample_rate=sample_rate, window_samples=window,
         hop_samples=hop, clip_samples=clip, states=states, output=output, pooling=pooling,
         pool_frames=pool_frames,
-        quantization=meta.get(META_QUANTIZATION, "unknown"), version=meta.get(META_VERSION, "unknown"),
-        metadata=meta,
+        quantization=_printable(meta.get(META_QUANTIZATION, "unknown")),
+        version=_printable(meta.get(META_VERSION, "unknown")), metadata=meta,
     )  # fmt: skip
 
 
+def _integer(path: str | Path, meta: dict[str, str], key: str, low: int, high: int,
+             default: int | None = None) -> int:  # fmt: skip
+    """Metadata ``key`` as a whole number in ``[low, high]`` (``default`` if absent and not None)."""
+    raw = meta.get(key)
+    if raw is None and default is not None:
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ModelError(f"{path}: metadata {key} must be a whole number, got {_short(raw)}") from None
+    if not low <= value <= high:
+        raise ModelError(f"{path}: metadata {key}={value} is out of range [{low}, {high}]")
+    return value
+
+
+def _feature_rate(text: str | None) -> int | None:
+    """The sample rate in the (informational) feature configuration, if it has a readable one."""
+    try:
+        rate = json.loads(text).get("sample_rate") if text else None
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return rate if type(rate) is int else None
+
+
+def _json(path: str | Path, key: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested brackets
+        raise ModelError(f"{path}: metadata {key} is not valid JSON ({_first_line(exc, 100)})") from None
+
+
+def _labels(path: str | Path, text: str) -> tuple[str, ...]:
+    labels = _json(path, META_LABELS, text)
+    if not (isinstance(labels, list) and all(isinstance(x, str) and x and x.isprintable() for x in labels)):
+        raise ModelError(f"{path}: metadata {META_LABELS} must be a JSON list of label names, got "
+                         f"{_short(text)}")  # fmt: skip
+    if not 2 <= len(labels) <= MAX_LABELS or len(set(labels)) != len(labels):
+        raise ModelError(f"{path}: metadata {META_LABELS} must list 2 to {MAX_LABELS} distinct labels, got "
+                         f"{_short(labels)}")  # fmt: skip
+    return tuple(labels)
+
+
+def _state_specs(path: str | Path, text: str) -> tuple[StateSpec, ...]:
+    entries = _json(path, META_STATE, text)
+    if not isinstance(entries, list) or len(entries) > MAX_STATES:
+        raise ModelError(f"{path}: metadata {META_STATE} must be a JSON list of at most {MAX_STATES} state "
+                         f"tensors, got {_short(text)}")  # fmt: skip
+    try:
+        specs = tuple(_state_spec(x) for x in entries)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"{path}: invalid metadata {META_STATE} ({_first_line(exc, 200)})") from None
+    size = sum(math.prod(d for d in s.shape if d != LANES_DIM) for s in specs)
+    if size > MAX_STATE_SIZE:
+        raise ModelError(f"{path}: metadata {META_STATE} declares {size} state values per lane "
+                         f"(at most {MAX_STATE_SIZE})")  # fmt: skip
+    return specs
+
+
 def _state_spec(entry: Any) -> StateSpec:
-    shape = tuple(entry["shape"])
-    if shape.count(LANES_DIM) != 1 or not all(isinstance(d, int) and d > 0 for d in shape if d != LANES_DIM):
-        raise ValueError(f"state shape {list(shape)} must hold positive sizes and one {LANES_DIM!r}")
-    return StateSpec(input=str(entry["input"]), output=str(entry["output"]), shape=shape)
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("input", "output")):
+        raise ValueError(f"each state needs 'input' and 'output' names and a 'shape', got {_short(entry)}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list):
+        raise ValueError(f"state shape must be a list, got {_short(shape)}")
+    sizes = [d for d in shape if d != LANES_DIM]
+    if shape.count(LANES_DIM) != 1 or not all(type(d) is int and d > 0 for d in sizes):
+        raise ValueError(f"state shape {_short(shape)} must hold positive sizes and one {LANES_DIM!r}")
+    if math.prod(sizes) > MAX_STATE_SIZE:  # checked here too: the product of huge sizes is slow to sum
+        raise ValueError(f"state shape {_short(shape)} holds more than {MAX_STATE_SIZE} values per lane")
+    return StateSpec(input=entry["input"], output=entry["output"], shape=tuple(shape))
 
 
 class StreamingModel:
@@ -355,15 +450,17 @@ class BoundStep:
         try:
             scores, new_states = self.model.run(np.zeros_like(self.audio), self.states)
         except Exception as exc:  # onnxruntime errors (wrong input shapes or types)
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{info.path}: a streaming call failed: {detail}") from None
+            raise ModelError(f"{info.path}: a streaming call failed: {_first_line(exc)}") from None
         problems = []
-        if scores.shape != self.outputs.shape:
-            problems.append(f"{info.output} is {list(scores.shape)}, expected {list(self.outputs.shape)} "
-                            "[lanes, k, n_labels]")  # fmt: skip
-        for spec, state, new in zip(info.states, self.states, new_states, strict=True):
-            if new.shape != state.shape:
-                problems.append(f"{spec.output} is {list(new.shape)}, expected {list(state.shape)}")
+        names = [info.output, *(s.output for s in info.states)]
+        for name, got, want in zip(names, [scores, *new_states], [self.outputs, *self.states], strict=True):
+            if not isinstance(got, np.ndarray) or got.dtype != np.float32:
+                problems.append(f"{name} is {getattr(got, 'dtype', type(got).__name__)}, expected float32")
+            elif got.shape != want.shape:
+                extra = " [lanes, k, n_labels]" if name == info.output else ""
+                problems.append(f"{name} is {list(got.shape)}, expected {list(want.shape)}{extra}")
+            elif not np.isfinite(got).all():
+                problems.append(f"{name} holds non-finite values (nan or inf) for silence")
         if problems:
             raise ModelError(f"{info.path} does not follow the streaming contract: {'; '.join(problems)}")
 
