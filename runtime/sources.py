@@ -8,8 +8,12 @@ converted with a streaming band-limited resampler (``soxr.ResampleStream``), nev
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import numbers
+import os
 import queue
+import struct
 import sys
 import threading
 import time
@@ -22,6 +26,7 @@ import numpy as np
 
 from kws.audio import AudioError, int16_to_float
 from kws.errors import KWSError
+from kws.runtime.config import MAX_INPUT_CHANNELS, MAX_INPUT_RATE, MIN_INPUT_RATE, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,14 @@ MIC_QUEUE_SECONDS = 2.0
 
 RESAMPLER_QUALITY = "HQ"
 """soxr quality preset: band-limited, linear phase, a few ms of delay."""
+
+MAX_BLOCK_SAMPLES = 1 << 20
+"""At most this many samples (all channels together) are read at once from a file or stdin, whatever the
+chunk size, rate and channel count: memory stays bounded."""
+
+WAV_UNKNOWN_LENGTH = 0x7FFF0000
+"""A WAV data size at least this large is a placeholder of a stream written without seeking back (e.g.
+``arecord > file.wav``), not a length: such a file is not reported as truncated."""
 
 PCM16_BYTES = 2
 SUGGEST_INPUT = "use --input FILE for an audio file or --input - for raw 16-bit PCM on stdin"
@@ -91,6 +104,7 @@ class AudioSource:
         self.input_rate = input_rate
         self.description = description
         self.overflows = 0
+        self.nonfinite = 0
         self._resampler = StreamResampler(input_rate, sample_rate) if input_rate != sample_rate else None
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -115,6 +129,12 @@ class AudioSource:
         if block.ndim == 1 and block.dtype == np.int16 and self._resampler is None:
             return block
         audio = int16_to_float(block) if block.dtype == np.int16 else block.astype(np.float32, copy=False)
+        if audio.dtype != np.int16 and not np.isfinite(audio).all():
+            bad = ~np.isfinite(audio)
+            if not self.nonfinite:
+                logger.warning("%s holds nan/inf samples: they are replaced by silence", self.description)
+            self.nonfinite += int(bad.sum())
+            audio = np.where(bad, np.float32(0.0), audio)
         if audio.ndim == 2:
             audio = audio.mean(axis=1, dtype=np.float32)
         if self._resampler is not None:
@@ -162,26 +182,47 @@ class FileSource(AudioSource):
         realtime: pace the blocks at real-time speed (as a microphone would deliver them).
 
     Raises:
-        AudioError: the file is missing, unreadable or empty.
+        AudioError: the file is missing, not a regular file (a folder, a named pipe), unreadable, empty,
+            truncated (a WAV shorter than its header says), or at a rate outside
+            ``MIN_INPUT_RATE..MAX_INPUT_RATE``.
     """
 
     def __init__(self, path: str | Path, sample_rate: int, chunk_seconds: float, realtime: bool = False) -> None:
         import soundfile as sf
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise AudioError(f"audio file {self.path} does not exist")
+        self.path = regular_file(
+            path, "audio file", AudioError, pipe_hint=f"; for raw 16-bit PCM from a pipe use --input - < {path}"
+        )
         try:
-            self._file = sf.SoundFile(str(self.path))
+            with _c_stderr_muted():  # libsndfile's mp3 decoder prints its own warnings on odd data
+                self._file = sf.SoundFile(str(self.path))
         except Exception as exc:  # LibsndfileError, RuntimeError, TypeError for non-audio data
-            raise AudioError(f"cannot read audio file {self.path}: {exc}") from None
-        if self._file.frames == 0:
+            detail = _first_line(exc)
+            if "not a regular file" in detail:  # libsndfile's guess for data it cannot recognise
+                detail = "not a recognised audio format, or corrupt"
+            raise AudioError(f"cannot read audio file {self.path}: {detail}") from None
+        try:
+            self._check_file()
+        except AudioError:
             self._file.close()
-            raise AudioError(f"audio file {self.path} is empty")
+            raise
         super().__init__(sample_rate, self._file.samplerate, str(self.path))
         self.realtime = realtime
-        self._block = max(1, round(chunk_seconds * self._file.samplerate))
+        self._block = _block_frames(chunk_seconds, self._file.samplerate, self._file.channels)
         self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
+
+    def _check_file(self) -> None:
+        info = self._file
+        if not MIN_INPUT_RATE <= info.samplerate <= MAX_INPUT_RATE:
+            raise AudioError(f"audio file {self.path} has a sample rate of {info.samplerate} Hz; supported: "
+                             f"{MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz")  # fmt: skip
+        declared = _wav_declared_frames(self.path)
+        if declared is not None and declared > info.frames:
+            rate = info.samplerate
+            raise AudioError(f"audio file {self.path} is truncated: its header declares {declared / rate:.2f} s "
+                             f"of audio, the file holds {info.frames / rate:.2f} s")  # fmt: skip
+        if info.frames == 0:
+            raise AudioError(f"audio file {self.path} is empty")
 
     def __iter__(self) -> Iterator[np.ndarray]:
         start = time.monotonic()
@@ -201,6 +242,68 @@ class FileSource(AudioSource):
 
     def close(self) -> None:
         self._file.close()
+
+
+@contextlib.contextmanager
+def _c_stderr_muted() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside the block (C libraries that print on their own)."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr at all: nothing to mute
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _block_frames(chunk_seconds: float, rate: int, channels: int) -> int:
+    """Frames per read: a chunk's worth, at most :data:`MAX_BLOCK_SAMPLES` samples, at least one frame."""
+    return max(1, min(round(chunk_seconds * rate), MAX_BLOCK_SAMPLES // max(1, channels)))
+
+
+def _wav_declared_frames(path: Path) -> int | None:
+    """Frames the header of a RIFF/WAVE file declares (None: not a WAV, no data chunk, or a stream length
+    placeholder). libsndfile silently reads a truncated WAV up to where it ends."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            for _ in range(64):  # chunks before "data": fmt, fact, LIST, ... (a bound against garbage)
+                header = f.read(8)
+                if len(header) < 8:
+                    return None
+                chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+                if chunk_id == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif chunk_id == b"data":
+                    if size >= WAV_UNKNOWN_LENGTH or block_align == 0:
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
 
 
 class StdinSource(AudioSource):
@@ -223,38 +326,69 @@ class StdinSource(AudioSource):
         self, sample_rate: int, rate: int, channels: int = 1, chunk_seconds: float = 0.1,
         stream: BinaryIO | None = None,
     ) -> None:  # fmt: skip
-        if rate <= 0 or channels <= 0:
-            raise SourceError(f"raw input needs a positive rate and channel count, got {rate} Hz, {channels}")
+        if not (_whole(rate) and MIN_INPUT_RATE <= rate <= MAX_INPUT_RATE):
+            raise SourceError(f"raw PCM needs a rate of {MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz, got {rate!r}")
+        if not (_whole(channels) and 1 <= channels <= MAX_INPUT_CHANNELS):
+            raise SourceError(f"raw PCM needs 1..{MAX_INPUT_CHANNELS} channels, got {channels!r}")
         if stream is None:
-            if sys.stdin is None or sys.stdin.isatty():
-                raise SourceError(
-                    "--input - reads raw 16-bit PCM from stdin, but stdin is a terminal; pipe audio in, "
-                    "e.g. arecord -f S16_LE -r 16000 -c 1 | kws listen --input -"
-                )
-            stream = sys.stdin.buffer
+            stream = _stdin()
         super().__init__(sample_rate, rate, f"stdin (raw S16_LE, {rate} Hz, {channels} ch)")
         self._stream = stream
         self.channels = channels
         self._frame_bytes = PCM16_BYTES * channels
-        self._read_bytes = max(1, round(chunk_seconds * rate)) * self._frame_bytes
+        self._read_bytes = _block_frames(chunk_seconds, rate, channels) * self._frame_bytes
 
     def __iter__(self) -> Iterator[np.ndarray]:
         rest = b""
+        received = 0
         while True:
-            data = self._stream.read(self._read_bytes)
+            try:
+                data = self._stream.read(self._read_bytes)
+            except (OSError, ValueError) as exc:  # EIO, EBADF, a closed stream...
+                raise SourceError(f"cannot read raw PCM from stdin: {getattr(exc, 'strerror', None) or exc}") \
+                    from None  # fmt: skip
             if not data:
                 break
+            received += len(data)
             data = rest + data
             whole = len(data) - len(data) % self._frame_bytes
             rest = data[whole:]
             if whole:
                 block = np.frombuffer(data[:whole], dtype="<i2").astype(np.int16, copy=False)
                 yield self._convert(block.reshape(-1, self.channels))
+        if received == 0:
+            raise SourceError("stdin ended before any audio arrived (was anything piped in?)")
         if rest:
             logger.warning("stdin ended with %d bytes of an incomplete sample frame (ignored)", len(rest))
         tail = self._tail()
         if tail is not None and len(tail):
             yield tail
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _stdin() -> BinaryIO:
+    """``sys.stdin.buffer`` if audio can be piped through it.
+
+    Raises:
+        SourceError: stdin is closed (``<&-``) or a terminal (nothing piped in).
+    """
+    example = "e.g. arecord -f S16_LE -r 16000 -c 1 | kws listen --input -"
+    stdin = sys.stdin
+    try:
+        closed = stdin is None or bool(getattr(stdin, "closed", False))
+        terminal = not closed and stdin.isatty()
+    except (OSError, ValueError):  # a stdin whose descriptor went away
+        closed, terminal = True, False
+    if closed:
+        raise SourceError(f"--input - reads raw 16-bit PCM from stdin, but stdin is closed; pipe audio in, {example}")
+    if terminal:
+        raise SourceError(
+            f"--input - reads raw 16-bit PCM from stdin, but stdin is a terminal; pipe audio in, {example}"
+        )
+    return stdin.buffer
 
 
 def import_sounddevice() -> ModuleType:
@@ -464,5 +598,6 @@ def open_source(
     if spec is None:
         return MicrophoneSource(device, sample_rate, chunk_seconds)
     if spec == "-":
-        return StdinSource(sample_rate, raw_rate or sample_rate, raw_channels, chunk_seconds)
+        rate = sample_rate if raw_rate is None else raw_rate  # 0 is an error, not "unset"
+        return StdinSource(sample_rate, rate, raw_channels, chunk_seconds)
     return FileSource(spec, sample_rate, chunk_seconds, realtime=realtime)
