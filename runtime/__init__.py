@@ -17,22 +17,58 @@ Library API::
         hits = detections_from_scores(trace, SpotterConfig(threshold=t))
 """
 
-from kws.runtime.config import SpotterConfig
-from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace, detections_from_scores
-from kws.runtime.engine import StreamEngine
-from kws.runtime.model import ModelError, ModelInfo, StreamingModel, load_model, make_session, session_options
-from kws.runtime.sources import (
-    ArraySource,
-    AudioSource,
-    DeviceError,
-    DeviceLostError,
-    FileSource,
-    MicrophoneSource,
-    SourceError,
-    StdinSource,
-    list_input_devices,
-)
-from kws.runtime.stream import StreamRunner, StreamStats, detect_audio, detect_file, stream_scores
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names are imported on first use (PEP 562), not with the package: `kws listen` imports
+# kws.runtime.listen, which must import in milliseconds so that a Ctrl-C during start-up reaches a handler
+# instead of interrupting numpy's or onnxruntime's initialisation with a traceback.
+_EXPORTS: dict[str, str] = {
+    "SpotterConfig": "config",
+    "Detection": "detect", "KeywordSpotter": "detect", "ScoreTrace": "detect", "detections_from_scores": "detect",
+    "StreamEngine": "engine",
+    "ModelError": "model", "ModelInfo": "model", "StreamingModel": "model", "load_model": "model",
+    "make_session": "model", "session_options": "model",
+    "ArraySource": "sources", "AudioSource": "sources", "DeviceError": "sources", "DeviceLostError": "sources",
+    "FileSource": "sources", "MicrophoneSource": "sources", "SourceError": "sources", "StdinSource": "sources",
+    "list_input_devices": "sources",
+    "StreamRunner": "stream", "StreamStats": "stream", "detect_audio": "stream", "detect_file": "stream",
+    "stream_scores": "stream",
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from kws.runtime.config import SpotterConfig
+    from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace, detections_from_scores
+    from kws.runtime.engine import StreamEngine
+    from kws.runtime.model import ModelError, ModelInfo, StreamingModel, load_model, make_session, session_options
+    from kws.runtime.sources import (
+        ArraySource,
+        AudioSource,
+        DeviceError,
+        DeviceLostError,
+        FileSource,
+        MicrophoneSource,
+        SourceError,
+        StdinSource,
+        list_input_devices,
+    )
+    from kws.runtime.stream import StreamRunner, StreamStats, detect_audio, detect_file, stream_scores
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "ArraySource", "AudioSource", "Detection", "DeviceError", "DeviceLostError", "FileSource",
