@@ -8,6 +8,7 @@ the processes of a distributed run then share its pages instead of each holding 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def _progress(iterable, total: int, desc: str):
         from tqdm import tqdm
     except ImportError:  # the runtime-only install has no tqdm
         return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="clip", leave=False, mininterval=1.0, disable=None)
+    disable = None if os.environ.get("RANK", "0") in ("", "0") else True  # torchrun: bars on rank 0 only
+    return tqdm(iterable, total=total, desc=desc, unit="clip", leave=False, mininterval=1.0, disable=disable)
 
 
 def load_noises(corpus: Corpus, sample_rate: int) -> list[np.ndarray]:

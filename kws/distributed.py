@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -53,14 +54,10 @@ class _Quiet(SystemExit):
     """Leaves a non-zero rank without a message: rank 0 reports the failure that every rank shares."""
 
 
-def _seed_offset(rank: int) -> int:
-    """Added to the per-epoch torch seeds of ``rank`` (0 for rank 0: a single process keeps its seeds)."""
-    return rank << 50
-
-
 def rank_seed(base: int, rank: int) -> int:
-    """A torch seed for ``rank`` derived from the single-process seed ``base`` (``base`` itself for rank 0)."""
-    return base + _seed_offset(rank)
+    """A torch seed for ``rank`` derived from the single-process seed ``base`` (``base`` itself for rank 0, so
+    a single process keeps its seeds; the rank lives above bit 50, clear of every ``seed * 100_019 + epoch``)."""
+    return base + (rank << 50)
 
 
 def environment_rank() -> int:
@@ -245,7 +242,14 @@ class Context:
         if not self.distributed:
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        ddp = nn.parallel.DistributedDataParallel
+        # The buffers (MFCC matrices, normalisation) never change while training: synchronised once, at init.
+        no_forward_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+            else {"broadcast_buffers": False}
+        )
+        return ddp(model, device_ids=ids, **no_forward_sync)
 
     def all_sum(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum over the ranks of float64 ``values`` ``[n]`` (the values themselves alone)."""

@@ -394,6 +394,23 @@ def test_dead_rank_then_resume_repeats_the_run(ddp_run: dict, full_dataset: Path
 
 
 @pytest.mark.slow
+def test_rank_0s_startup_error_ends_every_rank(ddp_run: dict, tmp_path: Path) -> None:
+    """Training anew into a folder that holds a run: rank 0 (which alone checks and locks the folder) fails with
+    the usual one-line error, and the other rank leaves quietly instead of waiting for it."""
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in ddp_run["out"].iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    config = train_module.run_config(load_checkpoint(ddp_run["out"] / "last.pt"))
+    codes, outcomes = _train_distributed(config, ddp_run["out"], tmp_path / "results")
+    assert outcomes[0]["status"] == "error" and "already holds a run" in outcomes[0]["error"], outcomes
+    assert outcomes[1] == {"rank": 1, "status": "exit", "code": 2}
+    assert codes == [0, 0]  # the workers themselves returned (their outcomes say how)
+    assert files() == before
+
+
+@pytest.mark.slow
 def test_resume_with_another_number_of_processes_is_refused(ddp_run: dict, tmp_path: Path) -> None:
     import shutil
 
