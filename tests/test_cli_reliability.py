@@ -301,3 +301,23 @@ def test_wheel_builds_quietly_with_the_shipped_model(tmp_path: Path) -> None:
     for name in ("kws.stream.int8.onnx", "kws.int8.onnx", "MODEL_CARD.md"):
         assert f"kws/pretrained/{name}" in names
     assert "kws/export/pipeline.py" in names and "kws/runtime/listen.py" in names
+
+
+def test_console_script_guards_the_cli_import(monkeypatch, capsys) -> None:
+    """A Ctrl-C while ``kws.cli`` itself is imported is one line and exit 130, not a traceback."""
+    import builtins
+    import sys
+
+    from kws import entry
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "kws.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "kws.cli", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "kws: interrupted\n"
