@@ -12,6 +12,22 @@ from synthetic import KEYWORDS, make_full_dataset, make_test_archive
 TINY_LABELS = "yes,no,up,down"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_audio_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test's decoded-audio cache (kws.cache) lives in a temporary folder, never in ~/.cache/kws."""
+    import os
+
+    from kws.cache import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("kws-cache"))
+    yield
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def full_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic full-layout dataset (4 keywords + 2 other words, 12 speakers, background noise)."""
