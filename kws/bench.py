@@ -651,7 +651,7 @@ def bench(options: BenchOptions) -> dict[str, Any]:
         "kws_version": __version__,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": options.command(),
-        "cwd": str(Path.cwd()),
+        "cwd": Path.cwd().name,  # the folder's name only: a report carries no machine's absolute paths
         "machine": machine,
         "checkpoint": {
             "path": str(options.checkpoint),
@@ -795,7 +795,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# kws bench: {Path(report['checkpoint']['path']).name}",
         "",
-        f"{report['date']}, kws {report['kws_version']}. Command (run in `{report['cwd']}`):",
+        f"{report['date']}, kws {report['kws_version']}. Command (run in a folder named `{report['cwd']}`):",
         "",
         "```",
         report["command"],
