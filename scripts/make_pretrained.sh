@@ -8,6 +8,7 @@ DATA=${1:-../shared/data}
 RUN=${2:-runs/pretrained}
 KWS=${KWS:-.venv/bin/kws}
 SC="$DATA/speech_commands_test_set_v0.02 $DATA/speech_commands_v0.01_sample $DATA/speech_commands_v0.02_sample"
+SC="$SC $DATA/speech_commands_v0.01_partial"  # every real Speech Commands folder (issue: all the real data)
 
 if [ ! -f "$RUN/best.pt" ]; then
     # shellcheck disable=SC2086

@@ -48,6 +48,9 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
     payload = load_checkpoint(ckpt)
     config = run_config(payload)
     summary = payload["data_summary"]
+    per_class = {k: v for k, v in summary["train"]["per_class"].items() if not k.startswith("_")}
+    kw_min, kw_max = min(per_class.values()), max(per_class.values())
+    fewest = " and ".join(k for k, v in per_class.items() if v < 1.2 * kw_min)
     exported = json.loads(export_json.read_text())
     bench = json.loads(bench_json.read_text())
     lines = [
@@ -118,9 +121,10 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         "",
         "## Limitations",
         "",
-        "Trained on about 300 clips per keyword from about 300 speakers: far less than the full Speech Commands "
-        "dataset (about 3,500 per keyword from 2,600 speakers). Accuracy and false-accept figures are well below "
-        "what the full dataset gives; retrain with `kws train --data speech_commands_v0.02` where it is available.",
+        f"Trained on {kw_min}-{kw_max} clips per keyword (the fewest for {fewest}) from "
+        f"{summary['train']['speakers']} speakers: far less than the full Speech Commands dataset (about 3,500 per "
+        "keyword from 2,600 speakers). Accuracy and false-accept figures are well below what the full dataset "
+        "gives; retrain with `kws train --data speech_commands_v0.02` where it is available.",
         "",
         "## Licence and attribution",
         "",
