@@ -15,7 +15,7 @@ DEMO_WAV = ROOT / "examples" / "demo.wav"
 PLANTED = json.loads((ROOT / "examples" / "demo.json").read_text())["planted"]
 PRETRAINED = ROOT / "kws" / "pretrained" / "kws.stream.int8.onnx"
 WINDOW_SECONDS = 2.0  # a detection belongs to a planted word if it comes within this long after its start
-MIN_KEYWORDS_FOUND = 3  # of the 6 planted keywords (the shipped model finds 5; its accuracy is about 87%, see MODEL_CARD.md)
+MIN_KEYWORDS_FOUND = 3  # of the 6 planted keywords (the shipped model finds 5 of them)
 
 
 def test_make_demo_runs_listen_on_the_example() -> None:
