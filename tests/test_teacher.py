@@ -1,0 +1,338 @@
+"""The pretrained-embedding teacher, with tiny stand-in ONNX models (same names and shapes as openWakeWord's two):
+it learns the synthetic words, caches and reuses its work, aligns soft labels by path and fails in one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import kws.teacher as teacher
+from conftest import TINY_LABELS
+from kws import cli
+from kws.config import DataConfig
+from kws.dataset import prepare
+from kws.errors import KWSError
+
+SR = 16_000
+N_FFT, HOP = 512, 160  # the real melspectrogram.onnx: 512-sample frames every 10 ms
+EPOCHS = 80
+
+
+def _onnx(nodes, inputs, outputs, initializers, path: Path) -> None:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def make_stand_in_models(folder: Path) -> Path:
+    """``melspectrogram.onnx``: ``input`` [batch, samples] -> ``output`` [batch, 1, frames, 32] (log power of 32
+    windowed cos/sin filters, 512 samples every 160: the real frame count); ``embedding_model.onnx``: ``input_1``
+    [n, 76, 32, 1] -> ``conv2d_19`` [n, 1, 1, 96] (the mean of each bin over 3 blocks of the window)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(N_FFT) / SR
+    freqs = np.linspace(200, 4000, 32)
+    window = np.hanning(N_FFT)
+    filters = np.concatenate([np.cos(2 * np.pi * freqs[:, None] * t), np.sin(2 * np.pi * freqs[:, None] * t)])
+    filters = (filters * window / N_FFT).astype(np.float32)[:, None, :]  # [64, 1, 512]
+    pairs = np.concatenate([np.eye(32), np.eye(32)]).astype(np.float32)  # [64, 32]: cos^2 + sin^2
+    f = TensorProto.FLOAT
+    _onnx(
+        [
+            helper.make_node("Unsqueeze", ["input", "axis1"], ["x3"]),
+            helper.make_node("Conv", ["x3", "filters"], ["bands"], kernel_shape=[N_FFT], strides=[HOP]),
+            helper.make_node("Mul", ["bands", "bands"], ["power2"]),
+            helper.make_node("Transpose", ["power2"], ["frames2"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["frames2", "pairs"], ["power"]),
+            helper.make_node("Add", ["power", "floor"], ["safe"]),
+            helper.make_node("Log", ["safe"], ["log"]),
+            helper.make_node("Mul", ["log", "ten"], ["db"]),
+            helper.make_node("Unsqueeze", ["db", "axis1"], ["output"]),
+        ],
+        [helper.make_tensor_value_info("input", f, ["batch_size", "samples"])],
+        [helper.make_tensor_value_info("output", f, ["time", 1, "frames", 32])],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(filters, "filters"),
+            numpy_helper.from_array(pairs, "pairs"),
+            numpy_helper.from_array(np.array(1e-3, np.float32), "floor"),
+            numpy_helper.from_array(np.array(10.0, np.float32), "ten"),
+        ],
+        folder / teacher.MEL_FILE,
+    )
+    pool = np.zeros((76 * 32, 96), np.float32)
+    for frame in range(76):
+        block = min(frame * 3 // 76, 2)
+        for m in range(32):
+            pool[frame * 32 + m, block * 32 + m] = 1.0 / 25
+    _onnx(
+        [
+            helper.make_node("Reshape", ["input_1", "flat_shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "pool"], ["pooled"]),
+            helper.make_node("Reshape", ["pooled", "out_shape"], ["conv2d_19"]),
+        ],
+        [helper.make_tensor_value_info("input_1", f, ["n", 76, 32, 1])],
+        [helper.make_tensor_value_info("conv2d_19", f, ["n", 1, 1, 96])],
+        [
+            numpy_helper.from_array(np.array([-1, 76 * 32], np.int64), "flat_shape"),
+            numpy_helper.from_array(pool, "pool"),
+            numpy_helper.from_array(np.array([-1, 1, 1, 96], np.int64), "out_shape"),
+        ],
+        folder / teacher.EMBEDDING_FILE,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_stand_in_models(tmp_path_factory.mktemp("embedding_models"))
+
+
+def _data_config(full_dataset: Path, **changes) -> DataConfig:
+    return DataConfig(
+        roots=(str(full_dataset),), labels=TINY_LABELS, validation_percent=15, testing_percent=15, **changes
+    )
+
+
+class CountingEmbed:
+    """Wraps ``SpeechEmbedding.embed`` to count the clips it embeds."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls, self.clips = 0, 0
+        real = teacher.SpeechEmbedding.embed
+
+        def embed(this, audio, *args, **kwargs):
+            self.calls += 1
+            self.clips += len(audio)
+            return real(this, audio, *args, **kwargs)
+
+        monkeypatch.setattr(teacher.SpeechEmbedding, "embed", embed)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, full_dataset: Path, models: Path):
+    """One teacher trained on the synthetic dataset: (out_dir, result, data_config, config)."""
+    logging.getLogger("kws").setLevel(logging.WARNING)
+    out = tmp_path_factory.mktemp("teacher")
+    data_config = _data_config(full_dataset)
+    config = teacher.TeacherConfig(epochs=EPOCHS)
+    result = teacher.build_teacher(data_config, config, out, embedding_models=models, threads=1)
+    return out, result, data_config, config
+
+
+def test_embedding_shapes_units_and_batch_independence(models: Path) -> None:
+    embedder = teacher.SpeechEmbedding(models, threads=1)
+    rng = np.random.default_rng(0)
+    t = np.arange(SR) / SR
+    floats = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.01 * rng.standard_normal(SR)]).astype(np.float32)
+    ints = np.round(floats * 32768).astype(np.int16)
+    out = embedder.embed(ints)
+    assert out.shape == (2, 16, teacher.EMBEDDING_DIM) and out.dtype == np.float32
+    np.testing.assert_array_equal(embedder.embed(floats), out)  # float in [-1, 1] == its int16 version
+    np.testing.assert_allclose(embedder.embed(ints[1:], batch_clips=1)[0], out[1], rtol=1e-5, atol=1e-5)
+    # centred in 0.5 s of zeros: the windows cover the whole clip and the first one starts in silence
+    pad = embedder.pad_samples
+    assert pad == SR // 2
+    mel = embedder.mel(np.concatenate([np.zeros(pad), ints[0].astype(np.float32), np.zeros(pad)]).astype(np.float32))
+    assert mel.shape == ((SR + 2 * pad - N_FFT) // HOP + 1, teacher.MEL_BINS)
+    assert mel[: pad // HOP - 4].std() < 1e-6 < mel[pad // HOP + 5 :].std()
+    assert embedder.embed(np.zeros((0, SR), np.int16)).shape == (0, 16, teacher.EMBEDDING_DIM)
+    assert set(embedder.fingerprint) == {teacher.MEL_FILE, teacher.EMBEDDING_FILE}
+
+
+def test_teacher_learns_the_synthetic_words(built) -> None:
+    out, result, _, _ = built
+    assert not result.reused and result.embed_seconds > 0
+    n_labels = len(TINY_LABELS.split(",")) + 2
+    hits = clips = 0
+    for split in ("validation", "test"):
+        report = result.reports[split]
+        assert report["clips"] >= 10 and len(report["per_class"]) == n_labels
+        hits, clips = hits + round(report["accuracy"] * report["clips"]), clips + report["clips"]
+        assert (out / f"{split}.json").is_file() and (out / f"{split}_confusion.png").stat().st_size > 1000
+    assert hits / clips > 0.8, (hits, clips)  # chance is 1/6
+    head, config, labels, payload = teacher.load_teacher(out / teacher.TEACHER)
+    assert labels == ["_silence_", "_unknown_", *TINY_LABELS.split(",")]
+    assert config == teacher.TeacherConfig(epochs=EPOCHS)
+    assert tuple(payload["data"]["roots"]) == built[2].roots
+    with np.load(out / teacher.SOFT_LABELS) as f:
+        logits, targets, splits = f["logits"], f["targets"], f["splits"]
+        assert f["labels"].tolist() == labels and logits.dtype == np.float32
+    assert logits.shape == (len(targets), n_labels)
+    val = splits == "validation"
+    assert np.mean(logits[val].argmax(1) == targets[val]) == pytest.approx(result.reports["validation"]["accuracy"])
+    history = payload["history"]
+    assert max(h["val_accuracy"] for h in history) == pytest.approx(result.reports["validation"]["accuracy"])
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and payload["train_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("pooling", ["attention", "flatten"])
+def test_every_head_learns(built, pooling: str) -> None:
+    out, _, data_config, _ = built
+    prepared = prepare(data_config, SR, SR, 0, ("train", "validation", "test"))
+    with np.load(out / teacher.EMBEDDINGS) as f:
+        x = {name: f[name].astype(np.float32) for name in ("train", "validation", "test")}
+    config = teacher.TeacherConfig(epochs=EPOCHS, pooling=pooling)
+    n_labels = len(prepared.labels)
+    head, _ = teacher.train_head(
+        config,
+        n_labels,
+        x["train"],
+        prepared.splits["train"].labels,
+        x["validation"],
+        prepared.splits["validation"].labels,
+    )
+    held_out = np.concatenate([x["validation"], x["test"]])
+    truth = np.concatenate([prepared.splits["validation"].labels, prepared.splits["test"].labels])
+    logits = teacher.head_logits(head, held_out)
+    assert logits.shape == (len(truth), n_labels)
+    assert np.mean(logits.argmax(1) == truth) > 0.8
+
+
+def test_soft_labels_cover_the_students_examples(built) -> None:
+    out, _, data_config, _ = built
+    prepared = prepare(data_config, SR, SR, 0, ("train", "validation"))  # exactly what `kws train` loads
+    with np.load(out / teacher.SOFT_LABELS) as f:
+        stored_paths, stored_logits, splits = f["paths"].tolist(), f["logits"], f["splits"]
+    for split in ("train", "validation"):
+        paths = prepared.splits[split].paths
+        assert [p for p, s in zip(stored_paths, splits, strict=True) if s == split] == paths
+    paths = prepared.splits["train"].paths
+    soft = teacher.load_soft_labels(out, prepared.labels, paths)
+    assert soft.shape == (len(paths), len(prepared.labels)) and not np.isnan(soft).any()
+    np.testing.assert_array_equal(soft, stored_logits[: len(paths)])
+    order = np.random.default_rng(0).permutation(len(paths))
+    shuffled = teacher.load_soft_labels(out, prepared.labels, [paths[i] for i in order] + ["nowhere.wav"])
+    np.testing.assert_array_equal(shuffled[:-1], soft[order])
+    assert np.isnan(shuffled[-1]).all()
+    with pytest.raises(KWSError) as exc:
+        teacher.load_soft_labels(out, [*prepared.labels[:-1], "stop"], paths)
+    assert "differ" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(KWSError, match="no soft_labels.npz"):
+        teacher.load_soft_labels(out / "missing", prepared.labels, paths)
+
+
+def test_duplicate_paths_match_occurrence_by_occurrence(tmp_path: Path) -> None:
+    teacher._save_npz(
+        tmp_path / teacher.SOFT_LABELS,
+        {
+            "paths": np.asarray(["noise:a.wav@0", "x.wav", "noise:a.wav@0"]),
+            "logits": np.arange(6, dtype=np.float32).reshape(3, 2),
+            "labels": np.asarray(["_silence_", "_unknown_"]),
+        },
+    )
+    soft = teacher.load_soft_labels(tmp_path, ["_silence_", "_unknown_"], ["noise:a.wav@0", "noise:a.wav@0", "x.wav"])
+    np.testing.assert_array_equal(soft, [[0, 1], [4, 5], [2, 3]])
+
+
+def test_second_run_reuses_the_cache(built, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, first, data_config, config = built
+    before = (out / teacher.SOFT_LABELS).read_bytes()
+    counter = CountingEmbed(monkeypatch)
+    trained = []
+    real_train = teacher.train_head
+    monkeypatch.setattr(teacher, "train_head", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    again = teacher.build_teacher(data_config, config, out, embedding_models=models, threads=1)
+    assert again.reused and counter.calls == 0 and not trained
+    assert again.reports["test"]["accuracy"] == first.reports["test"]["accuracy"]
+    assert (out / teacher.SOFT_LABELS).read_bytes() == before
+    # a new head setting retrains the head on the cached embeddings
+    changed = teacher.build_teacher(
+        data_config, teacher.TeacherConfig(epochs=3, pooling="flatten"), out, embedding_models=models, threads=1
+    )
+    assert not changed.reused and counter.calls == 0 and trained and changed.embed_seconds == 0
+    # a changed data config embeds again
+    other_data = _data_config(data_config.roots[0], unknown_ratio=0.5)
+    other = teacher.build_teacher(other_data, config, out, embedding_models=models, threads=1)
+    assert not other.reused and counter.calls == 3 and other.embed_seconds > 0
+
+
+def test_augmented_views_are_embedded_and_cached(tmp_path: Path, full_dataset: Path, models: Path, monkeypatch) -> None:
+    counter = CountingEmbed(monkeypatch)
+    config = teacher.TeacherConfig(epochs=2, augment_views=2, pooling="attention")
+    data_config = _data_config(full_dataset)
+    teacher.build_teacher(data_config, config, tmp_path, embedding_models=models, threads=1)
+    n_train = len(prepare(data_config, SR, SR, 0, ("train",)).splits["train"])
+    assert counter.calls == 3 + 2 and counter.clips > 3 * n_train
+    with np.load(tmp_path / teacher.VIEWS) as f:
+        views = f["train_views"]
+    with np.load(tmp_path / teacher.EMBEDDINGS) as f:
+        clean = f["train"]
+    assert views.shape == (2, *clean.shape) and not np.array_equal(views[0], views[1])
+    retrained = teacher.TeacherConfig(epochs=3, augment_views=2)
+    teacher.build_teacher(data_config, retrained, tmp_path, embedding_models=models, threads=1)
+    assert counter.calls == 5  # clean embeddings and views both reused
+
+
+def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:
+    """Run ``kws teacher ARGS`` through the real CLI (registering the command if cli.py does not yet)."""
+    monkeypatch.setitem(cli.COMMANDS, "teacher", ("kws.teacher", "teacher"))
+    code = cli.main(["teacher", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_builds_the_same_data_config_as_train(
+    tmp_path: Path, full_dataset: Path, models: Path, monkeypatch, capsys
+):
+    from kws import train as train_cli
+
+    argv = ["--data", str(full_dataset), "--labels", TINY_LABELS, "--seed", "3", "--unknown-ratio", "0.8"]
+    code, out, err = _cli(
+        [*argv, "--out", str(tmp_path), "--embedding-models", str(models), "--epochs", "5"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert "validation split: accuracy" in out and "soft labels:" in out
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    student = train_cli.config_from_args(parser.parse_args(argv))
+    payload = teacher.load_teacher_payload(tmp_path / teacher.TEACHER)
+    assert payload["data"] == teacher.to_dict(student.data) and payload["data_seed"] == student.train.seed == 3
+    parser = argparse.ArgumentParser()
+    teacher.add_arguments(parser)
+    args = parser.parse_args(["--data", "a", "b", "--data", "c"])
+    assert args.data == ["a", "b", "c"] and args.out == Path("runs/teacher")
+
+
+def test_missing_package_is_one_line(tmp_path: Path, full_dataset: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(teacher, "find_spec", lambda name: None)
+    with pytest.raises(KWSError) as exc:
+        teacher.SpeechEmbedding()
+    assert str(exc.value) == teacher.MISSING_PACKAGE
+    code, out, err = _cli(["--data", str(full_dataset), "--out", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert err.strip() == f"kws teacher: error: {teacher.MISSING_PACKAGE}"
+    assert "pip install 'kws[teacher]'" in err and not list(tmp_path.iterdir())
+
+
+def test_bad_model_folder_is_one_line(tmp_path: Path, full_dataset: Path, models: Path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = ["--out", str(tmp_path / "out")]
+    code, _, err = _cli(["--data", str(full_dataset), "--embedding-models", str(empty), *out], monkeypatch, capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "melspectrogram.onnx" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / teacher.MEL_FILE).write_bytes(b"not onnx")
+    (broken / teacher.EMBEDDING_FILE).write_bytes((models / teacher.EMBEDDING_FILE).read_bytes())
+    code, _, err = _cli(["--data", str(full_dataset), "--embedding-models", str(broken), *out], monkeypatch, capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "cannot load" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_installed_package_files_are_found_without_importing_it() -> None:
+    import sys
+
+    try:
+        folder = teacher.package_models_dir()
+    except KWSError:
+        pytest.skip("openwakeword is not installed (the optional kws[teacher] extra)")
+    assert (folder / teacher.MEL_FILE).is_file() and (folder / teacher.EMBEDDING_FILE).is_file()
+    assert "openwakeword" not in sys.modules
