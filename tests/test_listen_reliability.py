@@ -480,7 +480,7 @@ def test_nan_samples_are_replaced_by_silence_and_reported(tmp_path, caplog):
     damaged[800:2400] = np.nan  # 0.1 s of nan at the start: it would poison the LSTM state of both lanes
     damaged[3000] = np.inf
     found, warnings = _detections(tmp_path / "nan.wav", damaged, rate, caplog)
-    assert [d.keyword for d in found] == [d.keyword for d in reference] and len(reference) == 3
+    assert [d.keyword for d in found] == [d.keyword for d in reference] and len(reference) >= 3
     assert any("nan/inf" in w for w in warnings)
 
 
