@@ -392,6 +392,9 @@ def session(device_name: str = "auto", required: bool = False, timeout: datetime
     previous = _handle_sigterm(_terminated)
     try:
         yield context
+        # Leave together: a rank that tears gloo down and exits while rank 0 still writes its final files can
+        # abort in gloo's threads ("terminate called without an active exception", SIGABRT), failing the run.
+        dist.barrier()
     except RuntimeError as exc:
         if not is_peer_failure(exc):
             raise
