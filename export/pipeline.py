@@ -56,6 +56,7 @@ from kws.export.quantize import (
     quantize_static_model,
 )
 from kws.export.synthetic import speech_like_clips
+from kws.io import ensure_writable_dir, pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -174,18 +175,6 @@ class EvalSet:
 # ------------------------------------------------------------------------------------------------- inputs
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, but belongs to another user
-        return True
-    return True
-
-
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -203,7 +192,7 @@ def clean_stale_staging(out_dir: Path) -> list[Path]:
         if match is None or not path.is_dir() or path.is_symlink():
             continue
         pid = match["rest"].split("-", 1)[0]
-        if pid.isdigit() and _pid_alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         size = _size(path)
         shutil.rmtree(path, ignore_errors=True)
@@ -221,16 +210,7 @@ def clean_stale_staging(out_dir: Path) -> list[Path]:
 
 def check_output_dir(out_dir: Path) -> None:
     """Create ``out_dir`` if needed and make sure a file can be created in it (ExportError otherwise)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output path {out_dir} exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".kws-write-test-", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ExportError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+    ensure_writable_dir(out_dir, ExportError)
 
 
 def as_roots(value: Roots) -> tuple[Path, ...]:

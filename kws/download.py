@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 
 from kws.errors import KWSError
+from kws.io import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +95,6 @@ def _extract_filter(umask: int):
     return extract_filter
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but another user's
-        return True
-    return True
-
-
 def clean_stale_staging(out_dir: Path) -> list[Path]:
     """Remove the ``.extract-*`` folders that an interrupted (killed) extraction left in ``out_dir``.
 
@@ -117,7 +106,7 @@ def clean_stale_staging(out_dir: Path) -> list[Path]:
         if not path.is_dir() or path.is_symlink():
             continue
         pid_text = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and pid_alive(int(pid_text)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -21,8 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from kws.constants import SPLITS
 from kws.data import DataError, detect_layout
 from kws.dataset import PreparedData, SplitData, prepare
 from kws.errors import KWSError
+from kws.io import ensure_writable_dir
 from kws.model import KWSModel
 
 logger = logging.getLogger(__name__)
@@ -216,21 +215,8 @@ def load_evaluation_data(
 
 
 def check_output_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed and make sure a file can be created in it.
-
-    Raises:
-        EvaluationError: it is not a folder, cannot be created or is not writable.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(f"output path {out_dir} exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".kws-write-test-", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise EvaluationError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+    """Create ``out_dir`` if needed and make sure a file can be created in it (EvaluationError otherwise)."""
+    ensure_writable_dir(out_dir, EvaluationError)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
