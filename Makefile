@@ -43,11 +43,12 @@ demo: $(VENV)/.runtime
 ## test: lint + the whole test suite (system packages for the microphone and Pi tests: make install-system)
 test: $(VENV)/.dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
+	$(BIN)/ruff format --check .
 
 install-system:
 	bash .ci/install-system.sh

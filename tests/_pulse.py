@@ -126,9 +126,7 @@ def _missing_libraries() -> list[str]:
 
 
 def _script(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=START_TIMEOUT_S
-    )
+    return subprocess.run(["bash", str(SCRIPT), command], capture_output=True, text=True, timeout=START_TIMEOUT_S)
 
 
 @contextmanager

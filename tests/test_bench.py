@@ -107,9 +107,7 @@ class TestStreamPlan:
         keywords = _keywords(5)  # 20 clips, ~50 s of keyword slots
         seconds = 150.0
         assert KEYWORD_SHARE_MIN * seconds <= 20 * (1 + np.mean(GAP_SECONDS)) <= KEYWORD_SHARE_MAX * seconds
-        plan = plan_stream(
-            keywords, _pool(KIND_UNKNOWN, 4, 1.0), _pool(KIND_NEGATIVE, 30, 3.0), seconds, seed=0
-        )
+        plan = plan_stream(keywords, _pool(KIND_UNKNOWN, 4, 1.0), _pool(KIND_NEGATIVE, 30, 3.0), seconds, seed=0)
         used = Counter(p.utterance.source for p in plan if p.utterance.kind == KIND_KEYWORD)
         assert set(used) == {u.source for u in keywords} and set(used.values()) == {1}
         assert all(p.use == 0 and p.gain_db == 0.0 for p in plan if p.utterance.kind == KIND_KEYWORD)
@@ -184,9 +182,7 @@ def rendered(tmp_path_factory):
     path = tmp_path_factory.mktemp("stream") / "stream.wav"
     events, seconds = render_stream(plan, [noise], SAMPLE_RATE, path, seed=0)
     audio, rate = sf.read(path, dtype="float32")
-    return SimpleNamespace(
-        plan=plan, events=events, seconds=seconds, audio=audio, rate=rate, keywords=keywords
-    )
+    return SimpleNamespace(plan=plan, events=events, seconds=seconds, audio=audio, rate=rate, keywords=keywords)
 
 
 class TestRenderStream:
@@ -251,9 +247,7 @@ class TestRenderStream:
 
 
 def _event(kind: str, label: str, start: float, end: float, word_end: float | None = None) -> StreamEvent:
-    return StreamEvent(
-        kind, label, "src", start, end, start, word_end if word_end is not None else end, 0, 0.0, 0.0
-    )
+    return StreamEvent(kind, label, "src", start, end, start, word_end if word_end is not None else end, 0, 0.0, 0.0)
 
 
 def _det(time: float, keyword: str) -> SimpleNamespace:
@@ -273,9 +267,7 @@ class TestScoring:
     SECONDS = 3600.0
 
     def test_hits_misses_and_latency(self) -> None:
-        score = score_detections(
-            [_det(10.8, "yes"), _det(41.9, "yes")], self.EVENTS, self.SECONDS, tolerance=1.0
-        )
+        score = score_detections([_det(10.8, "yes"), _det(41.9, "yes")], self.EVENTS, self.SECONDS, tolerance=1.0)
         assert (score.hits, score.keyword_events, score.false_accepts) == (1, 3, 1)
         assert score.recall == pytest.approx(1 / 3)
         assert score.latencies == pytest.approx([0.2])
@@ -396,9 +388,7 @@ def models(tiny_checkpoint: Path, tmp_path_factory) -> Path:
     return _export_all(tiny_checkpoint, tmp_path_factory.mktemp("bench_models"))
 
 
-def _bench(
-    checkpoint: Path, models: Path | None, data: Path, negatives: Path, out: Path, *extra: str
-) -> dict:
+def _bench(checkpoint: Path, models: Path | None, data: Path, negatives: Path, out: Path, *extra: str) -> dict:
     argv = [
         "bench",
         "--checkpoint",
@@ -501,9 +491,7 @@ class TestBenchReport:
         assert comp["keyword_events"] == sum(e["kind"] == KIND_KEYWORD for e in events) > 0
         assert comp["negative_events"] > 0 and comp["unknown_events"] > 0
         assert all(a["end"] <= b["start"] for a, b in zip(events, events[1:], strict=False))
-        assert trained.report["streaming"]["stats"]["audio_seconds"] == pytest.approx(
-            comp["seconds"], abs=0.01
-        )
+        assert trained.report["streaming"]["stats"]["audio_seconds"] == pytest.approx(comp["seconds"], abs=0.01)
 
 
 @needs_training_stack
@@ -559,9 +547,7 @@ class TestFiguresAreMeasured:
         b = broken.report["streaming"]
         assert b["detections"] == [] and all(r["hits"] == 0 and r["false_accepts"] == 0 for r in b["sweep"])
         assert b["default"]["recall"] == 0.0 and b["default"]["latency_median_s"] is None
-        assert broken.report["stream"]["events"] == trained.report["stream"]["events"], (
-            "same seed, same stream"
-        )
+        assert broken.report["stream"]["events"] == trained.report["stream"]["events"], "same seed, same stream"
         assert "FAIL" in (broken.out / "bench.md").read_text()
 
 
@@ -590,9 +576,7 @@ class TestErrors:
         )
         assert "kws.stream.int8.onnx" in err
 
-    def test_models_of_another_label_set(
-        self, tiny_checkpoint, models, full_dataset, tmp_path, capsys
-    ) -> None:
+    def test_models_of_another_label_set(self, tiny_checkpoint, models, full_dataset, tmp_path, capsys) -> None:
         import onnx
 
         from kws.constants import META_LABELS
@@ -625,9 +609,7 @@ class TestErrors:
             ("--snr-db", "30 10", "--snr-db"),
         ],
     )
-    def test_bad_options(
-        self, tiny_checkpoint, full_dataset, tmp_path, capsys, option, value, message
-    ) -> None:
+    def test_bad_options(self, tiny_checkpoint, full_dataset, tmp_path, capsys, option, value, message) -> None:
         err = self._run(
             capsys,
             "--checkpoint",
@@ -656,14 +638,10 @@ class TestErrors:
 
 @pytest.mark.slow
 @needs_training_stack
-def test_without_models_the_checkpoint_is_exported(
-    tiny_checkpoint, full_dataset, negatives, tmp_path
-) -> None:
+def test_without_models_the_checkpoint_is_exported(tiny_checkpoint, full_dataset, negatives, tmp_path) -> None:
     """No --models: the checkpoint is exported into OUT/models (kws export's checks run; a failed check is
     stated in the report rather than hidden)."""
-    report = _bench(
-        tiny_checkpoint, None, full_dataset, negatives, tmp_path / "out", "--stream-minutes", "0.5"
-    )
+    report = _bench(tiny_checkpoint, None, full_dataset, negatives, tmp_path / "out", "--stream-minutes", "0.5")
     assert "exported by kws bench" in report["models"]["origin"]
     assert Path(report["streaming"]["model"]).is_file()
     md = (tmp_path / "out" / "bench.md").read_text()

@@ -432,10 +432,7 @@ class TestInt8:
         one_more = variant([True] * 81 + [False] * 19)  # +1 clip: not significant
         many_more = variant([True] * 95 + [False] * 5)  # +15 clips, all discordant the same way
         faster = variant(base, us=150.0)
-        assert (
-            choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: variant(base, us=195.0)})[0]
-            == QUANT_DYNAMIC
-        )
+        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: variant(base, us=195.0)})[0] == QUANT_DYNAMIC
         assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: one_more})[0] == QUANT_DYNAMIC
         assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: many_more})[0] == QUANT_STATIC
         assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: faster})[0] == QUANT_STATIC

@@ -165,9 +165,7 @@ def make_level_model(path: Path, metadata: dict | None = None, rename_input: str
     _lanes_broadcast("post", nodes)
     inputs, outputs = _io(STATE_SIZE, LAYERS)
     if rename_input:
-        inputs[1] = helper.make_tensor_value_info(
-            rename_input, TensorProto.FLOAT, [LAYERS, "lanes", STATE_SIZE]
-        )
+        inputs[1] = helper.make_tensor_value_info(rename_input, TensorProto.FLOAT, [LAYERS, "lanes", STATE_SIZE])
         nodes[13] = helper.make_node("Identity", [rename_input], [C.STATE_H_OUT])
         nodes[-6] = helper.make_node("Shape", [rename_input], ["h_shape"])
     graph = helper.make_graph(nodes, "level", inputs, outputs)
@@ -298,9 +296,7 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
     inputs, outputs = _io(hid, layers)
     metadata = _metadata(hidden=hid, layers=layers)
     if pooling != "none":
-        outputs[0] = helper.make_tensor_value_info(
-            C.OUTPUT_LOGITS, TensorProto.FLOAT, ["lanes", "k", "labels"]
-        )
+        outputs[0] = helper.make_tensor_value_info(C.OUTPUT_LOGITS, TensorProto.FLOAT, ["lanes", "k", "labels"])
         metadata[C.META_POOLING] = pooling
         metadata[C.META_POOL_FRAMES] = str(pool_frames)
     graph = helper.make_graph(nodes, "lstm", inputs, outputs)
@@ -501,9 +497,7 @@ class TestStreamingEngine:
         rng = np.random.default_rng(2)
         whole = _engine_frames(lstm_model, as_float, [], self.NO_RESET)
         odd = _engine_frames(lstm_model, pcm, list(rng.integers(1, 900, 40)), self.NO_RESET)
-        tiny = _engine_frames(
-            lstm_model, pcm, [7] * 300, SpotterConfig(lanes=1, reset_period_ms=0, chunk_ms=20)
-        )
+        tiny = _engine_frames(lstm_model, pcm, [7] * 300, SpotterConfig(lanes=1, reset_period_ms=0, chunk_ms=20))
         np.testing.assert_allclose(odd, whole, atol=1e-6)
         np.testing.assert_allclose(tiny, whole, atol=1e-5)
 
@@ -544,9 +538,7 @@ class TestStreamingEngine:
                 checked_min = True
             if start not in from_start:
                 from_start[start] = expected_posteriors(lstm_weights, feats[start:], pooling)
-            np.testing.assert_allclose(
-                scores[t], from_start[start][t - start], atol=1e-4, err_msg=f"frame {t}"
-            )
+            np.testing.assert_allclose(scores[t], from_start[start][t - start], atol=1e-4, err_msg=f"frame {t}")
         assert checked_min
 
     def test_two_lanes_of_two_seconds_always_hold_a_whole_word(self, level_model):
@@ -585,9 +577,7 @@ class TestStreamingEngine:
 
     def test_period_too_short_for_the_lanes(self, level_model):
         with pytest.raises(ConfigError, match="too short"):
-            StreamEngine(
-                StreamingModel(level_model), SpotterConfig(lanes=4, reset_period_ms=200, chunk_ms=100)
-            )
+            StreamEngine(StreamingModel(level_model), SpotterConfig(lanes=4, reset_period_ms=200, chunk_ms=100))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -703,18 +693,14 @@ def _tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.
 
 def _collect(source) -> np.ndarray:
     with source:
-        return np.concatenate(
-            [np.asarray(c, np.float32) / (32768 if c.dtype == np.int16 else 1) for c in source]
-        )
+        return np.concatenate([np.asarray(c, np.float32) / (32768 if c.dtype == np.int16 else 1) for c in source])
 
 
 def _level_at(audio: np.ndarray, freq: float, rate: int) -> float:
     """Amplitude of ``freq`` in ``audio`` (projection on a sine/cosine pair, edges trimmed)."""
     x = audio[rate // 10 : -rate // 10]
     t = np.arange(len(x)) / rate
-    return float(
-        2 * np.hypot(np.mean(x * np.sin(2 * np.pi * freq * t)), np.mean(x * np.cos(2 * np.pi * freq * t)))
-    )
+    return float(2 * np.hypot(np.mean(x * np.sin(2 * np.pi * freq * t)), np.mean(x * np.cos(2 * np.pi * freq * t))))
 
 
 class TestSources:
@@ -729,9 +715,7 @@ class TestSources:
     @pytest.mark.parametrize(
         ("rate", "subtype", "channels"), [(48_000, "PCM_24", 2), (44_100, "FLOAT", 1), (8_000, "PCM_16", 2)]
     )
-    def test_any_rate_depth_and_channel_count_is_resampled_band_limited(
-        self, tmp_path, rate, subtype, channels
-    ):
+    def test_any_rate_depth_and_channel_count_is_resampled_band_limited(self, tmp_path, rate, subtype, channels):
         seconds, freq = 1.0, 1000.0
         tone = _tone(freq, seconds, rate)
         data = np.stack([tone] * channels, axis=1) if channels > 1 else tone
@@ -799,11 +783,7 @@ class TestSources:
         sf.write(tmp_path / "hi.flac", np.stack([high, high], 1), 48_000, subtype="PCM_24")
         reference, _ = detect_file(level_model, tmp_path / "ref.wav")
         other, stats = detect_file(level_model, tmp_path / "hi.flac")
-        assert (
-            [d.keyword for d in other]
-            == [d.keyword for d in reference]
-            == [k for k, _ in expected(STANDARD_EVENTS)]
-        )
+        assert [d.keyword for d in other] == [d.keyword for d in reference] == [k for k, _ in expected(STANDARD_EVENTS)]
         assert all(abs(a.frame - b.frame) <= 1 for a, b in zip(other, reference, strict=True))
         assert stats.audio_seconds == pytest.approx(6.5, abs=0.01)
 
@@ -874,9 +854,7 @@ class FakeSoundDevice:
     def signal_at(self, rate):
         import soxr
 
-        return (
-            self.signal16k if rate == RATE else soxr.resample(self.signal16k, RATE, rate).astype(np.float32)
-        )
+        return self.signal16k if rate == RATE else soxr.resample(self.signal16k, RATE, rate).astype(np.float32)
 
     def query_devices(self):
         return [
@@ -1078,9 +1056,7 @@ class TestListenCommand:
         assert cli_main(base + args) == 2
         err = capsys.readouterr().err
         _no_traceback(err)
-        assert message in err.strip().splitlines()[-1] and err.strip().splitlines()[-1].startswith(
-            "kws listen: error"
-        )
+        assert message in err.strip().splitlines()[-1] and err.strip().splitlines()[-1].startswith("kws listen: error")
 
     def test_non_onnx_model_and_non_audio_input(self, planted_wav, level_model, tmp_path, capsys):
         (tmp_path / "m.onnx").write_bytes(os.urandom(256))
@@ -1254,9 +1230,7 @@ def test_trained_model_finds_the_planted_words(exported_models, precision, tmp_p
     assert stats.audio_seconds == pytest.approx(len(audio) / SAMPLE_RATE, abs=0.01)
     latest = config.smoothing_ms / 1000 + config.chunk_ms / 1000 + 0.5
     near = [min(truth, key=lambda w: abs(w[1] - d.time)) for d in detections]
-    assert all(end - 0.5 < d.time < end + latest for d, (_, end) in zip(detections, near, strict=True)), (
-        detections
-    )
+    assert all(end - 0.5 < d.time < end + latest for d, (_, end) in zip(detections, near, strict=True)), detections
     assert len({end for _, end in near}) == len(near), "one detection per word"
     if precision == "fp32":
         assert [d.keyword for d in detections] == words, detections
