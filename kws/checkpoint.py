@@ -168,20 +168,32 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; raises CheckpointError for anything but a kws checkpoint."""
+def load_versioned(
+    path: str | Path, fmt: str, version: int, what: str = "checkpoint", error: type[KWSError] = KWSError
+) -> dict[str, Any]:
+    """Load a ``torch.save``d dict with ``weights_only=True`` and check its ``format`` and ``version`` keys.
+
+    Args:
+        what: the file's kind in messages ("checkpoint", "teacher checkpoint").
+        error: the error type raised for a missing, unreadable or foreign file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a kws checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint version {payload.get('version')}")
+        raise error(f"{path} is not a readable {what} ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise error(f"{path} is not a kws {what}")
+    if payload.get("version") != version:
+        raise error(f"{path}: unsupported {what} version {payload.get('version')}")
     return payload
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; raises CheckpointError for anything but a kws checkpoint."""
+    return load_versioned(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "checkpoint", CheckpointError)
 
 
 def run_config(payload: dict[str, Any]) -> RunConfig:

@@ -47,11 +47,12 @@ from torch import nn
 
 from kws import __version__
 from kws.audio import float_to_int16
-from kws.checkpoint import atomic_write
+from kws.checkpoint import atomic_write, load_versioned
 from kws.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, from_dict, to_dict
 from kws.dataset import PreparedData, SplitData, prepare
 from kws.errors import KWSError
 from kws.evaluate import classification_report, format_report, write_report
+from kws.io import ensure_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -530,13 +531,7 @@ def build_teacher(
     if sample_rate != SAMPLE_RATE:
         raise KWSError(f"the speech embedding works at {SAMPLE_RATE} Hz, the run at {sample_rate} Hz")
     embedder = SpeechEmbedding(embedding_models, threads=threads, pad_seconds=config.pad_seconds)
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KWSError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise KWSError(f"output folder {out_dir} is not writable")
+    out_dir = ensure_writable_dir(out_dir)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     prepared = prepare(data_config, sample_rate, clip_samples, data_seed, SPLITS)
     labels = prepared.labels
@@ -612,18 +607,7 @@ def build_teacher(
 
 def load_teacher_payload(path: str | Path) -> dict[str, Any]:
     """The dict saved in ``teacher.pt`` (``weights_only`` loading); raises KWSError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise KWSError(f"teacher checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise KWSError(f"{path} is not a readable teacher checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != TEACHER_FORMAT:
-        raise KWSError(f"{path} is not a kws teacher checkpoint")
-    if payload.get("version") != TEACHER_VERSION:
-        raise KWSError(f"{path}: unsupported teacher checkpoint version {payload.get('version')}")
-    return payload
+    return load_versioned(path, TEACHER_FORMAT, TEACHER_VERSION, "teacher checkpoint")
 
 
 def load_teacher(path: str | Path) -> tuple[TeacherHead, TeacherConfig, list[str], dict[str, Any]]:

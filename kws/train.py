@@ -23,7 +23,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -65,6 +64,7 @@ from kws.dataset import AugmentedBatches, PreparedData, SplitData, prepare, spee
 from kws.errors import KWSError
 from kws.evaluate import evaluate_split, format_report, predict, write_report
 from kws.features import spec_augment
+from kws.io import ensure_writable_dir
 from kws.model import KWSModel
 from kws.objective import Objective
 
@@ -229,12 +229,7 @@ def _open_run(
         raise CheckpointError(f"nothing to resume: {last_path} does not exist")
     if not resume:
         check_trainable(config)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KWSError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise KWSError(f"output folder {out_dir} is not writable")
+    ensure_writable_dir(out_dir)
     held.enter_context(lock_folder(out_dir, "kws train"))
     state: dict[str, Any] | None = None
     if resume:
