@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import KEYWORDS, make_full_dataset, make_test_archive
-
-TINY_LABELS = "yes,no,up,down"
+from support.synthetic import KEYWORDS, make_full_dataset, make_test_archive
+from support.tiny import tiny_run_config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,21 +39,10 @@ def test_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_test_archive(tmp_path_factory.mktemp("data") / "test_archive")
 
 
-def tiny_run_config(roots: tuple[str, ...], epochs: int = 10):
-    from kws.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
-
-    return RunConfig(
-        model=ModelConfig(hidden_size=32, num_layers=2, dropout=0.0, input_dropout=0.0),
-        data=DataConfig(roots=roots, labels=TINY_LABELS, validation_percent=15, testing_percent=15),
-        augment=AugmentConfig(noise_prob=0.3, speed_prob=0.0, context_prob=0.3, time_masks=0, freq_masks=0),
-        train=TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, warmup_epochs=0.5, seed=0),
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, full_dataset: Path) -> Path:
     """A small 2-layer LSTM trained for a few epochs on the synthetic dataset (labels: silence, unknown and
-    the 4 keywords of ``synthetic.KEYWORDS``); it detects the synthetic words reliably."""
+    the 4 keywords of ``support.synthetic.KEYWORDS``); it detects the synthetic words reliably."""
     from kws.train import train
 
     logging.getLogger("kws").setLevel(logging.WARNING)

@@ -34,7 +34,7 @@ from kws.streamset import (
     score_detections,
     word_span,
 )
-from synthetic import KEYWORDS, OTHER_WORDS, SAMPLE_RATE, WORD_SECONDS, synth_word
+from support.synthetic import KEYWORDS, OTHER_WORDS, SAMPLE_RATE, WORD_SECONDS, synth_word
 
 NOISE_LEVEL = 0.003
 """RMS of the synthetic clips' own noise floor."""
@@ -318,10 +318,10 @@ BROKEN_BIAS = 1000.0
 
 def _export_all(checkpoint: Path, out: Path) -> Path:
     """NAME.onnx, NAME.int8.onnx, NAME.stream.onnx and NAME.stream.int8.onnx of ``checkpoint`` in ``out``."""
-    from _tools import export_stream_model
     from kws.checkpoint import model_from_checkpoint
     from kws.export.onnx_export import export_clip_model, save_model
     from kws.export.quantize import quantize_dynamic_model
+    from support.tools import export_stream_model
 
     out.mkdir(parents=True, exist_ok=True)
     for int8 in (False, True):  # shared with the other tests of the session

@@ -17,13 +17,13 @@ import pytest
 import soundfile as sf
 
 import kws.cache as cache_module
-from conftest import tiny_run_config
 from kws.audio import AudioError, float_to_int16, load_audio
 from kws.cache import CLIPS, DATA_FILE, FILES, INDEX_FILE, CacheError, ClipRows, crop, open_cache
 from kws.cli import main
 from kws.config import DataConfig
 from kws.dataset import prepare
-from synthetic import SAMPLE_RATE, make_full_dataset, synth_clip
+from support.synthetic import SAMPLE_RATE, make_full_dataset, synth_clip
+from support.tiny import tiny_run_config
 
 SR = SAMPLE_RATE
 

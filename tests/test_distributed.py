@@ -24,11 +24,11 @@ import torch
 
 import kws.distributed as kd
 import kws.train as train_module
-from conftest import tiny_run_config
 from kws.checkpoint import load_checkpoint, model_from_checkpoint
 from kws.cli import main
 from kws.distributed import Launch, ShardedSampler, read_environment
 from kws.errors import KWSError
+from support.tiny import tiny_run_config
 
 WORKER_TIMEOUT_S = 300
 SINGLE_PROCESS_KEYS = {
@@ -345,7 +345,7 @@ def test_checkpoint_evaluates_and_exports_like_a_single_process_one(
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
     from kws.export.onnx_export import export_clip_model, save_model
-    from synthetic import synth_clip
+    from support.synthetic import synth_clip
 
     best = ddp_run["out"] / "best.pt"
     code = main(["evaluate", str(best), "--data", str(full_dataset), "--split", "test", "--out", str(tmp_path / "ev")])

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tiny_run_config
 from kws.cli import main
-from synthetic import KEYWORDS, SAMPLE_RATE, _speaker, make_full_dataset, make_test_archive, synth_clip
+from support.synthetic import KEYWORDS, SAMPLE_RATE, _speaker, make_full_dataset, make_test_archive, synth_clip
+from support.tiny import tiny_run_config
 
 torch = pytest.importorskip("torch")
 

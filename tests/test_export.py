@@ -73,7 +73,7 @@ from kws.export.streaming import (  # noqa: E402
     zero_states,
 )
 from kws.model import KWSModel  # noqa: E402
-from synthetic import KEYWORDS, synth_clip  # noqa: E402
+from support.synthetic import KEYWORDS, synth_clip  # noqa: E402
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
 EVALUATION = {"test": {"accuracy": 0.75, "clips": 40}}
@@ -94,7 +94,7 @@ def make_model(hidden: int = 16, layers: int = 2, pooling: str = "mean", proj: i
 
 
 def word_clips(count: int, seed: int = 0) -> np.ndarray:
-    """Synthetic 1 s "words" (tone patterns in noise, tests/synthetic.py) and one noise-only clip."""
+    """Synthetic 1 s "words" (tone patterns in noise, tests/support/synthetic.py) and one noise-only clip."""
     rng = np.random.default_rng(seed)
     words = [*KEYWORDS, "bed", "cat", None]
     return np.stack([synth_clip(words[i % len(words)], rng) for i in range(count)]).astype(np.float32)

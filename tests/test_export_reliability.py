@@ -33,7 +33,7 @@ from kws.export import synthetic as speech  # noqa: E402
 from kws.export.onnx_export import export_clip_model, export_stream_model, save_model  # noqa: E402
 from kws.export.pipeline import export_checkpoint, synthetic_clips  # noqa: E402
 from kws.model import KWSModel  # noqa: E402
-from synthetic import KEYWORDS, synth_clip  # noqa: E402
+from support.synthetic import KEYWORDS, synth_clip  # noqa: E402
 
 LABELS = ["_silence_", "_unknown_", "yes", "no"]
 TOL = checks.PARITY_TOLERANCE

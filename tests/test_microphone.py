@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from _pulse import RECORD_RATE, LineCollector, VirtualMic, virtual_mic
-from _tools import export_stream_model, kws_command, read_json_lines, run_checked
+from support.pulse import RECORD_RATE, LineCollector, VirtualMic, virtual_mic
+from support.tools import export_stream_model, kws_command, read_json_lines, run_checked
 
 TONE_HZ = 1000.0
 TONE_SECONDS = 1.0
@@ -91,7 +91,7 @@ class TestVirtualMicrophone:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, float]]]:
     """A WAV with :data:`PLANTED_WORDS` spoken in turn, and the (word, end time) of each."""
-    from synthetic import SAMPLE_RATE, plant_keywords
+    from support.synthetic import SAMPLE_RATE, plant_keywords
 
     audio, truth = plant_keywords(PLANTED_WORDS, gap_seconds=1.0, lead_seconds=0.5)
     path = tmp_path_factory.mktemp("mic") / "planted.wav"

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import kws.train as train_module
-from conftest import tiny_run_config
 from kws.config import ConfigError, TrainConfig
 from kws.dataset import prepare
 from kws.objective import Objective, class_weights
+from support.tiny import tiny_run_config
 
 
 def test_class_weights_balance_the_classes() -> None:

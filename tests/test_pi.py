@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 from onnx import TensorProto, helper, numpy_helper
 
-from _pi import PiRoot, build_pi_root
-from _tools import export_stream_model, kws_command, read_json_lines, run_checked
+from support.pi import PiRoot, build_pi_root
+from support.tools import export_stream_model, kws_command, read_json_lines, run_checked
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def int8_stream_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def planted_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synthetic import SAMPLE_RATE, plant_keywords
+    from support.synthetic import SAMPLE_RATE, plant_keywords
 
     audio, _ = plant_keywords(PLANTED_WORDS, gap_seconds=1.0, lead_seconds=0.5)
     path = tmp_path_factory.mktemp("pi") / "planted.wav"

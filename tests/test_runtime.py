@@ -1219,7 +1219,7 @@ def test_trained_model_finds_the_planted_words(exported_models, precision, tmp_p
     """The synthetic words of the training fixture, planted in a noisy stream (longer than the reset period,
     so lanes are reset several times): fp32 reports each one once, in order, near the end of the word; int8
     (dynamic quantisation of a tiny model may confuse close words) reports nothing outside the words."""
-    from synthetic import SAMPLE_RATE, plant_keywords
+    from support.synthetic import SAMPLE_RATE, plant_keywords
 
     words = ["yes", "no", "up", "down", "no", "yes"]
     audio, truth = plant_keywords(words, gap_seconds=1.0, lead_seconds=0.5)

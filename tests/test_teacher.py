@@ -13,11 +13,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import kws.teacher as teacher
-from conftest import TINY_LABELS
 from kws import cli
 from kws.config import DataConfig
 from kws.dataset import prepare
 from kws.errors import KWSError
+from support.tiny import TINY_LABELS
 
 SR = 16_000
 N_FFT, HOP = 512, 160  # the real melspectrogram.onnx: 512-sample frames every 10 ms

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import kws.train as train_module
-from conftest import tiny_run_config
 from kws.checkpoint import load_checkpoint, model_from_checkpoint
 from kws.cli import main
+from support.tiny import tiny_run_config
 
 
 def test_end_to_end_train_and_evaluate(tiny_checkpoint: Path, test_archive: Path, capsys) -> None:

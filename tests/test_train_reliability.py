@@ -23,7 +23,6 @@ import pytest
 import torch
 
 import kws.train as train_module
-from conftest import tiny_run_config
 from kws.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -38,6 +37,7 @@ from kws.checkpoint import (
 from kws.cli import main
 from kws.config import ConfigError, FeatureConfig, ModelConfig, TrainConfig, from_dict
 from kws.errors import KWSError
+from support.tiny import tiny_run_config
 
 
 def _parser() -> argparse.ArgumentParser:

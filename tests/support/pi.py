@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from _tools import SCRIPTS, require_tools, run_checked
+from support.tools import SCRIPTS, require_tools, run_checked
 
 SCRIPT = SCRIPTS / "pi_root.sh"
 PI_PACKAGES = "qemu-user-static debootstrap"

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from _tools import SCRIPTS, require, require_tools
+from support.tools import SCRIPTS, require, require_tools
 
 SCRIPT = SCRIPTS / "virtual_mic.sh"
 START_TIMEOUT_S = 60

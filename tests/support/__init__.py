@@ -1,0 +1,1 @@
+"""Test support: synthetic datasets, tiny exports, fakes and tool wrappers shared by the tests."""
