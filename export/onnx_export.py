@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from kws import __version__
-from kws.checkpoint import atomic_write
 from kws.config import FeatureConfig, ModelConfig, to_dict
 from kws.constants import (
     INPUT_AUDIO,
@@ -57,6 +56,7 @@ from kws.constants import (
 )
 from kws.errors import KWSError
 from kws.features import MFCCFrontend
+from kws.io import atomic_write
 from kws.model import KWSModel
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kws.audio import int16_to_float
-from kws.checkpoint import atomic_write, clean_stale_temporaries, model_from_checkpoint, run_config
+from kws.checkpoint import model_from_checkpoint, run_config
 from kws.config import FeatureConfig, RunConfig
 from kws.constants import SPLITS
 from kws.data import DataError, build_split, detect_layout, load_corpus
@@ -56,7 +56,7 @@ from kws.export.quantize import (
     quantize_static_model,
 )
 from kws.export.synthetic import speech_like_clips
-from kws.io import ensure_writable_dir, pid_alive
+from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir, pid_alive
 
 logger = logging.getLogger(__name__)
 

@@ -40,13 +40,14 @@ import numpy as np
 
 from kws import __version__
 from kws.audio import AudioError, int16_to_float, load_audio
-from kws.checkpoint import atomic_write, clean_stale_temporaries, model_from_checkpoint, run_config
+from kws.checkpoint import model_from_checkpoint, run_config
 from kws.config import RunConfig
 from kws.constants import META_LABELS, META_QUANTIZATION, SILENCE_LABEL, SPLITS, UNKNOWN_LABEL
 from kws.data import DataError, load_corpus
 from kws.dataset import PreparedData, SplitData
 from kws.errors import KWSError
 from kws.evaluate import evaluation_data_config, format_with_interval, load_evaluation_data, wilson_interval
+from kws.io import atomic_write, clean_stale_temporaries
 from kws.streamset import (
     ENVELOPE_FRAME_SECONDS,
     KIND_KEYWORD,

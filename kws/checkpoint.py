@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, ``weights_only`` loading, and the model rebuilt from the file alone.
+"""Checkpoints: atomic saves (:func:`kws.io.atomic_write`), ``weights_only`` loading, the model rebuilt from the
+file alone.
 
 A checkpoint is a dict saved with ``torch.save``::
 
@@ -13,11 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import stat
-import tempfile
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import torch
 from kws import __version__
 from kws.config import ConfigError, RunConfig, from_dict
 from kws.errors import KWSError
+from kws.io import atomic_write
 from kws.model import KWSModel
 
 logger = logging.getLogger(__name__)
@@ -36,98 +34,6 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(KWSError):
     """A checkpoint is missing, corrupt or not a kws checkpoint."""
-
-
-_TMP_SUFFIX = ".tmp"
-_TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
-"""The names :func:`atomic_write` gives its temporary files: ``.NAME.XXXXXXXX.tmp`` (``tempfile.mkstemp``)."""
-
-
-def current_umask() -> int:
-    """The process umask (from /proc where available: reading it with ``os.umask`` briefly changes it)."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a half-written file there.
-
-    The final file gets the permissions of a newly created file (``0o666 & ~umask``), not the 0600 of the
-    temporary file. A kill -9 mid-write can leave the temporary (``.NAME.XXXXXXXX.tmp``) behind:
-    :func:`clean_stale_temporaries` removes those.
-
-    Raises:
-        KWSError: the folder cannot be created or written.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise KWSError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def clean_stale_temporaries(
-    folder: str | Path, names: Iterable[str] | None = None, min_age_s: float = 600.0
-) -> list[tuple[Path, int]]:
-    """Remove the temporary files an interrupted :func:`atomic_write` left in ``folder`` (not recursive).
-
-    Only files named like atomic_write's own temporaries (``.NAME.XXXXXXXX.tmp``) are touched, and only
-    regular files. A temporary being written right now by another process must not be removed: a caller that
-    holds a lock on the folder (``kws train`` does, see :func:`lock_folder`) passes ``min_age_s=0``; others
-    keep the default, which spares every file modified in the last ``min_age_s`` seconds.
-
-    Args:
-        names: only temporaries of these final file names (e.g. ``["last.pt"]``); None: any name.
-
-    Returns:
-        the removed files and their sizes in bytes (a line is logged when any were removed).
-    """
-    folder = Path(folder)
-    wanted = None if names is None else set(names)
-    removed: list[tuple[Path, int]] = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        match = _TMP_PATTERN.match(entry.name)
-        if match is None or (wanted is not None and match["name"] not in wanted):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < min_age_s:
-                continue
-            os.unlink(entry.path)
-        except OSError:
-            continue
-        removed.append((Path(entry.path), info.st_size))
-    if removed:
-        logger.info(
-            "removed %d stale temporary file(s) of an interrupted write from %s (%d bytes): %s",
-            len(removed),
-            folder,
-            sum(size for _, size in removed),
-            ", ".join(p.name for p, _ in removed),
-        )
-    return removed
 
 
 @contextlib.contextmanager

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from kws.audio import int16_to_float
-from kws.checkpoint import atomic_write, clean_stale_temporaries, model_from_checkpoint, run_config
+from kws.checkpoint import model_from_checkpoint, run_config
 from kws.config import DataConfig, RunConfig
 from kws.constants import SPLITS
 from kws.data import DataError, detect_layout
 from kws.dataset import PreparedData, SplitData, prepare
 from kws.errors import KWSError
-from kws.io import ensure_writable_dir
+from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
 from kws.model import KWSModel
 
 logger = logging.getLogger(__name__)

@@ -47,12 +47,12 @@ from torch import nn
 
 from kws import __version__
 from kws.audio import float_to_int16
-from kws.checkpoint import atomic_write, load_versioned
+from kws.checkpoint import load_versioned
 from kws.config import AugmentConfig, ConfigError, DataConfig, FeatureConfig, from_dict, to_dict
 from kws.dataset import PreparedData, SplitData, prepare
 from kws.errors import KWSError
 from kws.evaluate import classification_report, format_report, write_report
-from kws.io import ensure_writable_dir
+from kws.io import atomic_write, ensure_writable_dir
 
 logger = logging.getLogger(__name__)
 

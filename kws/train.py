@@ -38,9 +38,7 @@ from kws.augment import Augmenter
 from kws.cache import default_cache_dir
 from kws.checkpoint import (
     CheckpointError,
-    atomic_write,
     checkpoint_labels,
-    clean_stale_temporaries,
     load_checkpoint,
     load_weights,
     lock_folder,
@@ -64,7 +62,7 @@ from kws.dataset import AugmentedBatches, PreparedData, SplitData, prepare, spee
 from kws.errors import KWSError
 from kws.evaluate import evaluate_split, format_report, predict, write_report
 from kws.features import spec_augment
-from kws.io import ensure_writable_dir
+from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
 from kws.model import KWSModel
 from kws.objective import Objective
 

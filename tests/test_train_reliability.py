@@ -25,9 +25,6 @@ import torch
 import kws.train as train_module
 from kws.checkpoint import (
     CheckpointError,
-    atomic_write,
-    clean_stale_temporaries,
-    current_umask,
     load_checkpoint,
     lock_folder,
     model_from_checkpoint,
@@ -37,6 +34,7 @@ from kws.checkpoint import (
 from kws.cli import main
 from kws.config import ConfigError, FeatureConfig, ModelConfig, TrainConfig, from_dict
 from kws.errors import KWSError
+from kws.io import atomic_write, clean_stale_temporaries, current_umask
 from support.tiny import tiny_run_config
 
 
