@@ -21,6 +21,7 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,12 @@ from kws.errors import KWSError
 logger = logging.getLogger(__name__)
 
 SPLIT_SALT = "kws-speaker-split"
+"""Salt of the re-split used when a 12-class test archive is among the roots."""
+SPLIT_MODES: tuple[str, ...] = ("official", "speaker-hash")
+"""How clips are assigned to splits: the official lists/hash, or the salted speaker hash (see :func:`scan_root`)."""
 NEGATIVES_SALT = "kws-negatives"
 NEGATIVES_HELD_OUT_PERCENT = 50.0
 """Share of the non-keyword speech files (``--negatives``) never used in training: `kws bench` streams them."""
-"""Salt of the re-split used when a 12-class test archive is among the roots."""
 
 
 class DataError(KWSError, ValueError):
@@ -69,12 +72,21 @@ class Clip:
 
 @dataclass(frozen=True)
 class Corpus:
-    """Every clip and background-noise file found under one or more roots."""
+    """Every clip and background-noise file found under one or more roots.
+
+    Attributes:
+        clips: every utterance, with its split.
+        noise_files: the background-noise files.
+        layouts: ``"full"`` or ``"archive"`` per root (:func:`detect_layout`).
+        negatives: the training half of the non-keyword speech files (``--negatives``).
+        split_mode: the rule that assigned ``Clip.split`` (one of :data:`SPLIT_MODES`; ``auto`` resolved).
+    """
 
     clips: tuple[Clip, ...]
     noise_files: tuple[Path, ...]
     layouts: tuple[str, ...]
-    negatives: tuple[Path, ...] = ()  # training half of the non-keyword speech files
+    negatives: tuple[Path, ...] = ()
+    split_mode: str = "official"
 
     @property
     def words(self) -> list[str]:
@@ -187,20 +199,26 @@ def scan_root(root: Path, config: DataConfig, split_mode: str) -> tuple[list[Cli
     return clips, noise, layout
 
 
+def auto_split_mode(layouts: Sequence[str]) -> str:
+    """The ``auto`` split mode of roots of these layouts: ``speaker-hash`` when a 12-class test archive is among
+    them (it holds only official test speakers), else ``official``. The one home of this rule."""
+    return "speaker-hash" if "archive" in layouts else "official"
+
+
 def load_corpus(config: DataConfig, split: str = "auto") -> Corpus:
     """Scan every root of ``config``.
 
     Args:
-        split: ``"auto"`` (``speaker-hash`` when a test archive is among the roots, else ``official``),
-            ``"official"`` or ``"speaker-hash"``.
+        split: ``"auto"`` (:func:`auto_split_mode` of the roots' layouts), ``"official"`` or ``"speaker-hash"``;
+            the resolved mode is ``Corpus.split_mode``.
     """
     if not config.roots:
         raise DataError("no data folder given (use --data PATH; `kws download` fetches Speech Commands)")
     roots = [Path(r).expanduser() for r in config.roots]
     layouts = [detect_layout(r) for r in roots]
     if split == "auto":
-        split = "speaker-hash" if "archive" in layouts else "official"
-    if split not in ("official", "speaker-hash"):
+        split = auto_split_mode(layouts)
+    if split not in SPLIT_MODES:
         raise DataError(f"unknown split mode {split!r} (use auto, official or speaker-hash)")
     clips: list[Clip] = []
     noise: list[Path] = []
@@ -213,7 +231,13 @@ def load_corpus(config: DataConfig, split: str = "auto") -> Corpus:
         clips.extend(dataclasses.replace(c, split="train") for c in root_clips)
         noise.extend(root_noise)
     negatives = [p for root in config.negatives for p in negative_files(root) if negative_split(p) == "train"]
-    return Corpus(clips=tuple(clips), noise_files=tuple(noise), layouts=tuple(layouts), negatives=tuple(negatives))
+    return Corpus(
+        clips=tuple(clips),
+        noise_files=tuple(noise),
+        layouts=tuple(layouts),
+        negatives=tuple(negatives),
+        split_mode=split,
+    )
 
 
 def negative_split(path: Path) -> str:
@@ -332,9 +356,3 @@ def split_summary(examples: list[Example], labels: list[str]) -> dict[str, objec
         "speakers": len({e.speaker for e in examples if labels[e.label] != SILENCE_LABEL}),
         "per_class": {label: counts.get(label, 0) for label in labels},
     }
-
-
-def unknown_speech_clips(corpus: Corpus, labels: list[str], split: str) -> list[Path]:
-    """Non-keyword speech clips of ``split`` (used as prepended context during training)."""
-    keywords = set(labels)
-    return [c.path for c in corpus.clips if c.split == split and c.word not in keywords]
