@@ -6,8 +6,9 @@ official 12-class test archive. Words outside the checkpoint's labels count as `
 
 A split is read with the split rule the checkpoint's own training used (the official lists and hash, or the
 salted speaker hash when a test archive was among its folders), whatever folders are given here, so a clip the
-training learnt from is never scored as ``test``. Every accuracy and recall comes with its 95% Wilson score
-interval.
+training learnt from is never scored as ``test`` (:mod:`kws.evaluation_data`, the loader shared with
+``kws export`` and ``kws bench``). Every accuracy and recall comes with its 95% Wilson score interval;
+:func:`accuracy` is the one accuracy of kws.
 
 examples:
   kws evaluate runs/v2/best.pt --data speech_commands_test_set_v0.02 --split all
@@ -17,12 +18,10 @@ examples:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,17 @@ import numpy as np
 import torch
 
 from kws.audio import int16_to_float
-from kws.checkpoint import model_from_checkpoint, run_config
-from kws.config import DataConfig, RunConfig
+from kws.checkpoint import model_from_checkpoint
 from kws.constants import SPLITS
-from kws.data import DataError, detect_layout
-from kws.dataset import PreparedData, SplitData, prepare
+from kws.data import SPLIT_MODES
+from kws.dataset import SplitData
 from kws.errors import KWSError
+
+# the evaluation loader's names, re-exported: ``kws.evaluate`` is where kws export and kws bench find them
+from kws.evaluation_data import EvaluationData as EvaluationData
+from kws.evaluation_data import EvaluationError, load_evaluation_data
+from kws.evaluation_data import evaluation_data_config as evaluation_data_config
+from kws.evaluation_data import resolve_split_mode as resolve_split_mode
 from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
 from kws.model import KWSModel
 
@@ -48,14 +52,6 @@ REPORT_JSON, REPORT_PNG = f"{REPORT}.json", f"{REPORT}_confusion.png"
 
 CONFIDENCE_Z = 1.959963984540054
 """Standard normal quantile of a two-sided 95% interval."""
-
-SPLIT_MODES: tuple[str, ...] = ("official", "speaker-hash")
-"""How kws.data assigns clips to splits: the official lists/hash, or the salted speaker hash."""
-
-
-class EvaluationError(KWSError):
-    """The evaluation cannot run as asked (unwritable output, a split rule that contradicts the checkpoint)."""
-
 
 # ------------------------------------------------------------------------------------ confidence intervals
 
@@ -98,122 +94,6 @@ def format_with_interval(value: float | None, interval: Sequence[float] | None, 
     return text if interval is None else f"{text} ({format_interval(interval, digits)})"
 
 
-# ------------------------------------------------------------------------------------- evaluation data
-
-
-def _auto_split_mode(layouts: Sequence[str]) -> str:
-    """kws.data.load_corpus's ``auto`` rule: the salted speaker hash when a test archive is among the roots."""
-    return "speaker-hash" if "archive" in layouts else "official"
-
-
-def evaluation_split_mode(payload: dict[str, Any]) -> tuple[str | None, str]:
-    """The split mode the checkpoint's training used, and where that comes from.
-
-    Read from the data layouts the training recorded in the checkpoint (``data_summary["layouts"]``); for a
-    checkpoint without them, from the layouts of its training folders if they are on this machine. ``None``
-    when neither is available.
-    """
-    layouts = (payload.get("data_summary") or {}).get("layouts")
-    if layouts:
-        return _auto_split_mode(layouts), "as in training, read from the checkpoint's data summary"
-    try:
-        roots = run_config(payload).data.roots
-        if roots:
-            layouts = [detect_layout(Path(r).expanduser()) for r in roots]
-            return _auto_split_mode(layouts), "as in training, from the layouts of the checkpoint's training folders"
-    except KWSError:
-        pass
-    return None, "the checkpoint does not record how its training split the data"
-
-
-def resolve_split_mode(payload: dict[str, Any], requested: str = "auto", split: str = "test") -> tuple[str, str]:
-    """The split mode to read ``split`` with, and why (for reports).
-
-    ``auto`` is the checkpoint's own rule (:func:`evaluation_split_mode`). An explicit mode that contradicts it
-    is refused: it would put some of the clips the model was trained on into the scored split. With
-    ``split="all"`` every clip is scored whatever its split, so any mode is accepted. A checkpoint that does not
-    say falls back to kws.data's ``auto`` rule on the given folders, with a warning.
-
-    Raises:
-        EvaluationError: an unknown mode, or one that contradicts the checkpoint's training.
-    """
-    if requested not in ("auto", *SPLIT_MODES):
-        raise EvaluationError(f"unknown split mode {requested!r} (use auto, {', '.join(SPLIT_MODES)})")
-    trained, source = evaluation_split_mode(payload)
-    if requested == "auto":
-        if trained is not None:
-            return trained, source
-        logger.warning("%s: splitting with kws.data's auto rule on the given folders", source)
-        return "auto", f"kws.data's auto rule on these folders: {source}"
-    if trained is not None and requested != trained and split != "all":
-        raise EvaluationError(
-            f"--split-mode {requested} contradicts the checkpoint: its training split the speakers with "
-            f"{trained} ({source}), so the {split} split read with {requested} would include clips it was "
-            f"trained on; leave out --split-mode, or score every clip with --split all"
-        )
-    return requested, "given with --split-mode" + (", as in training" if requested == trained else "")
-
-
-def evaluation_data_config(config: RunConfig, roots: Sequence[str | Path]) -> DataConfig:
-    """The checkpoint's data rules (labels, ratios, split sizes) applied to ``roots`` alone.
-
-    The training's train-only folders (``extra_train``) and non-keyword speech (``negatives``) are dropped: they
-    never hold evaluation clips, and they need not exist on this machine.
-    """
-    return dataclasses.replace(config.data, roots=tuple(str(r) for r in roots), extra_train=(), negatives=())
-
-
-@dataclass
-class EvaluationData:
-    """The clips to score and how they were chosen.
-
-    Attributes:
-        prepared: the loaded corpus, noises and each split of ``splits``.
-        data: the requested split (every split, concatenated, for ``all``).
-        split: ``train``, ``validation``, ``test`` or ``all``.
-        split_mode: ``official`` or ``speaker-hash``.
-        split_mode_how: where the split mode comes from (for reports).
-    """
-
-    prepared: PreparedData
-    data: SplitData
-    split: str
-    split_mode: str
-    split_mode_how: str
-
-
-def load_evaluation_data(
-    payload: dict[str, Any], roots: Sequence[str | Path], split: str = "test", split_mode: str = "auto"
-) -> EvaluationData:
-    """Load ``split`` of ``roots`` as the checkpoint's training would have split them (the one loader of
-    ``kws evaluate``, ``kws export --data`` and ``kws bench``).
-
-    Raises:
-        DataError: missing or unusable folders, or an empty split.
-        EvaluationError: see :func:`resolve_split_mode`.
-    """
-    if split not in (*SPLITS, "all"):
-        raise EvaluationError(f"unknown split {split!r} (use {', '.join(SPLITS)} or all)")
-    config = run_config(payload)
-    mode, how = resolve_split_mode(payload, split_mode, split)
-    splits = SPLITS if split == "all" else (split,)
-    prepared = prepare(
-        evaluation_data_config(config, roots),
-        config.features.sample_rate,
-        config.features.clip_samples,
-        config.train.seed,
-        splits,
-        labels=list(payload["labels"]),
-        split_mode=mode,
-    )
-    if mode == "auto":
-        mode = _auto_split_mode(prepared.corpus.layouts)
-    data = _concat([prepared.splits[s] for s in splits])
-    if len(data) == 0:
-        raise DataError(f"no clips in the {split} split of {', '.join(map(str, roots))} (split mode {mode})")
-    return EvaluationData(prepared=prepared, data=data, split=split, split_mode=mode, split_mode_how=how)
-
-
 def check_output_dir(out_dir: Path) -> None:
     """Create ``out_dir`` if needed and make sure a file can be created in it (EvaluationError otherwise)."""
     ensure_writable_dir(out_dir, EvaluationError)
@@ -232,6 +112,26 @@ def predict(model: KWSModel, audio: np.ndarray, batch_size: int = EVAL_BATCH) ->
         x = torch.from_numpy(int16_to_float(audio[start : start + batch_size])).to(device)
         out.append(torch.softmax(model.classify(x), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.n_labels), np.float32)
+
+
+def accuracy(predicted: np.ndarray, labels: np.ndarray, empty: float = math.nan) -> float:
+    """The share of clips classified as their label: the one accuracy of kws (reports, teacher, export, bench).
+
+    Args:
+        predicted: class scores ``[clips, n_labels]`` (logits or probabilities: the top class is the prediction)
+            or predicted class indices ``[clips]``.
+        labels: true class indices ``[clips]``.
+        empty: the value for no clips (NaN: undefined; reports use 0.0).
+
+    Returns:
+        a fraction in [0, 1] (``correct / clips``).
+    """
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if predicted.ndim == labels.ndim + 1:
+        predicted = predicted.argmax(-1)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"predictions {predicted.shape} do not match labels {labels.shape}")
+    return int(np.count_nonzero(predicted == labels)) / len(labels) if len(labels) else float(empty)
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -258,7 +158,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
         }
     correct, clips = int(np.trace(cm)), int(cm.sum())
     return {
-        "accuracy": float(correct / max(clips, 1)),
+        "accuracy": accuracy(y_pred, y_true, empty=0.0),
         "accuracy_ci95": list(wilson_interval(correct, clips)),
         "clips": clips,
         "labels": labels,
@@ -356,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split-mode",
         default="auto",
-        choices=["auto", "official", "speaker-hash"],
+        choices=["auto", *SPLIT_MODES],
         help="how splits are assigned: auto = as the checkpoint's training did; another mode is refused "
         "unless --split all (default: %(default)s)",
     )
@@ -391,14 +291,3 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     print(f"report: {json_path}\nconfusion matrix: {png_path}")
     return 0
-
-
-def _concat(parts: list[SplitData]) -> SplitData:
-    return SplitData(
-        audio=np.concatenate([p.audio for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]),
-        silence=np.concatenate([p.silence for p in parts]),
-        speakers=[s for p in parts for s in p.speakers],
-        paths=[s for p in parts for s in p.paths],
-        skipped=[s for p in parts for s in p.skipped],
-    )

@@ -22,18 +22,17 @@ from support.tiny import tiny_run_config
 
 torch = pytest.importorskip("torch")
 
-from kws import evaluate  # noqa: E402
+from kws import evaluate, evaluation_data  # noqa: E402
 from kws.audio import int16_to_float  # noqa: E402
 from kws.checkpoint import load_checkpoint, run_config, save_checkpoint  # noqa: E402
 from kws.config import to_dict  # noqa: E402
 from kws.data import SPLIT_SALT, load_corpus, which_set  # noqa: E402
-from kws.evaluate import (  # noqa: E402
+from kws.evaluate import accuracy, classification_report, format_report, wilson_interval  # noqa: E402
+from kws.evaluation_data import (  # noqa: E402
     EvaluationError,
-    classification_report,
-    format_report,
+    evaluation_corpus,
     load_evaluation_data,
     resolve_split_mode,
-    wilson_interval,
 )
 
 
@@ -92,6 +91,17 @@ class TestWilsonInterval:
         assert f"90.00% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)" in text
         lo, hi = wilson_interval(8, 10)
         assert f"80.0% ({100 * lo:.1f}-{100 * hi:.1f})" in text
+
+    def test_one_accuracy_of_scores_or_predictions(self) -> None:
+        labels = np.array([0, 1, 2, 1])
+        scores = np.eye(3)[[0, 2, 2, 1]]  # three of four right
+        assert accuracy(scores, labels) == accuracy(scores.argmax(1), labels) == 0.75
+        assert classification_report(labels, scores.argmax(1), ["a", "b", "c"])["accuracy"] == 0.75
+        assert np.isnan(accuracy(np.zeros((0, 3)), np.zeros(0, np.int64)))
+        assert accuracy(np.zeros(0, np.int64), np.zeros(0, np.int64), empty=0.0) == 0.0
+        assert classification_report(np.zeros(0, np.int64), np.zeros(0, np.int64), ["a"])["accuracy"] == 0.0
+        with pytest.raises(ValueError, match="do not match"):
+            accuracy(np.zeros(3, np.int64), labels)
 
     def test_bench_tables_show_the_intervals(self) -> None:
         from kws.bench import _pct_ci
@@ -242,6 +252,17 @@ class TestSplitRule:
         )
         mode, how = resolve_split_mode(payload)
         assert mode == "auto" and "does not record" in how
+        source = evaluation_corpus(payload, two_roots, "test")  # the auto rule resolved on the given folders
+        assert source.split_mode == "speaker-hash" and "does not record" in source.split_mode_how
+        assert evaluation_corpus(payload, [two_roots[1]], "test").split_mode == "official"
+
+    def test_corpus_without_audio_has_the_loaders_rule(self, multi_root_checkpoint, two_roots) -> None:
+        _, full = two_roots
+        payload = load_checkpoint(multi_root_checkpoint)
+        source = evaluation_corpus(payload, [full], "test")
+        ev = load_evaluation_data(payload, [full], "test")
+        assert source.split_mode == ev.split_mode == "speaker-hash" and source.split_mode_how == ev.split_mode_how
+        assert source.corpus == ev.prepared.corpus and not source.config.extra_train
 
 
 # --------------------------------------------------------------------------------------- nothing is lost
@@ -252,7 +273,7 @@ def data_never_loaded(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the data was loaded before the output folder was checked")
 
-    monkeypatch.setattr(evaluate, "prepare", fail)
+    monkeypatch.setattr(evaluation_data, "prepare", fail)
 
 
 class TestOutput:
