@@ -31,9 +31,10 @@ _EXPORTS: dict[str, str] = {
     "StreamEngine": "engine",
     "ModelError": "model", "ModelInfo": "model", "StreamingModel": "model", "load_model": "model",
     "make_session": "model", "session_options": "model",
-    "ArraySource": "sources", "AudioSource": "sources", "DeviceError": "sources", "DeviceLostError": "sources",
-    "FileSource": "sources", "MicrophoneSource": "sources", "SourceError": "sources", "StdinSource": "sources",
-    "list_input_devices": "sources",
+    "ArraySource": "sources", "AudioSource": "sources", "SourceError": "sources",
+    "FileSource": "files", "StdinSource": "files",
+    "DeviceError": "microphone", "DeviceLostError": "microphone", "MicrophoneSource": "microphone",
+    "list_input_devices": "microphone",
     "StreamRunner": "stream", "StreamStats": "stream", "detect_audio": "stream", "detect_file": "stream",
     "stream_scores": "stream",
 }  # fmt: skip
@@ -42,18 +43,10 @@ if TYPE_CHECKING:
     from kws.runtime.config import SpotterConfig
     from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace, detections_from_scores
     from kws.runtime.engine import StreamEngine
+    from kws.runtime.files import FileSource, StdinSource
+    from kws.runtime.microphone import DeviceError, DeviceLostError, MicrophoneSource, list_input_devices
     from kws.runtime.model import ModelError, ModelInfo, StreamingModel, load_model, make_session, session_options
-    from kws.runtime.sources import (
-        ArraySource,
-        AudioSource,
-        DeviceError,
-        DeviceLostError,
-        FileSource,
-        MicrophoneSource,
-        SourceError,
-        StdinSource,
-        list_input_devices,
-    )
+    from kws.runtime.sources import ArraySource, AudioSource, SourceError
     from kws.runtime.stream import StreamRunner, StreamStats, detect_audio, detect_file, stream_scores
 
 

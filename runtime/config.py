@@ -105,8 +105,7 @@ class SpotterConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"thresholds must be (keyword, number) pairs: {exc}") from None
         object.__setattr__(self, "thresholds", thresholds)
-        _check(isinstance(self.lanes, numbers.Integral) and not isinstance(self.lanes, bool),
-               f"lanes must be a whole number, got {self.lanes!r}")  # fmt: skip
+        _check(is_whole(self.lanes), f"lanes must be a whole number, got {self.lanes!r}")
         for name, (low, high, low_excluded) in RANGES.items():
             check_range(name, getattr(self, name), low, high, low_excluded=low_excluded)
         _check(
@@ -206,9 +205,14 @@ def check_threads(threads: object, name: str = "threads") -> None:
     Raises:
         ConfigError: naming ``name``.
     """
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+    if not is_whole(threads):
         raise ConfigError(f"{name} must be a whole number, got {threads!r}")
     check_range(name, threads, 1, MAX_THREADS)
+
+
+def is_whole(value: object) -> bool:
+    """``value`` is an integer (``int``, numpy integers), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _number(name: str, value: object) -> float:

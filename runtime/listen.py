@@ -63,7 +63,10 @@ if TYPE_CHECKING:  # imported in run(), with start-up signals deferred (see _Sto
 
 PROG = "kws listen"
 
-RUNTIME_MODULES = ("numpy", "onnxruntime", "kws.runtime.detect", "kws.runtime.sources", "kws.runtime.stream")
+RUNTIME_MODULES = (
+    "numpy", "onnxruntime", "kws.runtime.detect", "kws.runtime.sources", "kws.runtime.files",
+    "kws.runtime.microphone", "kws.runtime.stream",
+)  # fmt: skip
 """Imported by :func:`run` while SIGINT/SIGTERM are deferred: extension modules that take a while to load."""
 OPTIONAL_MODULES = ("soundfile", "soxr")
 """Imported then too if they are installed (a missing one is reported where it is needed)."""
@@ -336,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list_devices(out: TextIO) -> int:
-    from kws.runtime.sources import format_devices, list_input_devices
+    from kws.runtime.microphone import format_devices, list_input_devices
 
     try:
         _write(out, format_devices(list_input_devices()) + "\n")

@@ -17,8 +17,9 @@ import numpy as np
 
 from kws.runtime.config import DEFAULT_THREADS, SpotterConfig
 from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace
+from kws.runtime.files import FileSource
 from kws.runtime.model import StreamingModel
-from kws.runtime.sources import ArraySource, AudioSource, FileSource
+from kws.runtime.sources import ArraySource, AudioSource
 
 MS_PER_S = 1000.0
 

@@ -49,8 +49,8 @@ from kws.runtime import (
     stream_scores,
 )
 from kws.runtime import config as runtime_config
+from kws.runtime import microphone as runtime_microphone
 from kws.runtime import model as runtime_model
-from kws.runtime import sources as runtime_sources
 
 RATE = 16_000
 WINDOW = 512  # n_fft of the default FeatureConfig (30 ms window at 16 kHz)
@@ -897,7 +897,7 @@ DEVICES = [
 @pytest.fixture
 def fake_sd(monkeypatch):
     sd = FakeSoundDevice(DEVICES, default=3, signal16k=plant(6.5, STANDARD_EVENTS))
-    monkeypatch.setattr(runtime_sources, "import_sounddevice", lambda: sd)
+    monkeypatch.setattr(runtime_microphone, "import_sounddevice", lambda: sd)
     return sd
 
 
@@ -914,11 +914,11 @@ def _listen_to_mic(spotter: KeywordSpotter, source: MicrophoneSource, seconds: f
 
 class TestMicrophone:
     def test_devices_by_index_name_or_part_of_a_name(self, fake_sd):
-        assert runtime_sources.resolve_device(None)["name"] == "default"
-        assert runtime_sources.resolve_device("1")["name"].startswith("USB")
-        assert runtime_sources.resolve_device("PULSE")["index"] == 2
-        assert runtime_sources.resolve_device("usb pnp")["index"] == 1
-        assert [d["index"] for d in runtime_sources.list_input_devices()] == [1, 2, 3]
+        assert runtime_microphone.resolve_device(None)["name"] == "default"
+        assert runtime_microphone.resolve_device("1")["name"].startswith("USB")
+        assert runtime_microphone.resolve_device("PULSE")["index"] == 2
+        assert runtime_microphone.resolve_device("usb pnp")["index"] == 1
+        assert [d["index"] for d in runtime_microphone.list_input_devices()] == [1, 2, 3]
 
     @pytest.mark.parametrize(
         ("spec", "message"),
@@ -931,20 +931,20 @@ class TestMicrophone:
     )
     def test_unknown_devices_list_the_available_ones(self, fake_sd, spec, message):
         with pytest.raises(DeviceError, match=message) as info:
-            runtime_sources.resolve_device(spec)
+            runtime_microphone.resolve_device(spec)
         if "several" not in message:
             assert "USB PnP" in str(info.value) and "pulse" in str(info.value)
 
     def test_no_input_device_suggests_input(self, monkeypatch):
         sd = FakeSoundDevice([DEVICES[0]], default=-1)
-        monkeypatch.setattr(runtime_sources, "import_sounddevice", lambda: sd)
+        monkeypatch.setattr(runtime_microphone, "import_sounddevice", lambda: sd)
         with pytest.raises(DeviceError, match="no audio input device.*--input"):
             MicrophoneSource(None, RATE, 0.1)
 
     def test_missing_sounddevice_says_what_to_install(self, monkeypatch):
         monkeypatch.setitem(sys.modules, "sounddevice", None)
         with pytest.raises(DeviceError, match=r"kws\[mic\]"):
-            runtime_sources.import_sounddevice()
+            runtime_microphone.import_sounddevice()
 
     def test_a_device_that_supports_the_model_rate_is_opened_at_it(self, fake_sd, level_model):
         spotter = KeywordSpotter(level_model)
@@ -977,8 +977,8 @@ class TestMicrophone:
         self, fake_sd, level_model, monkeypatch, blocks, with_finish
     ):
         """Unplugged mid-stream (the stream ends, or just goes silent), or never delivering anything."""
-        monkeypatch.setattr(runtime_sources, "MIC_TIMEOUT_S", 0.3)
-        monkeypatch.setattr(runtime_sources, "MIC_START_TIMEOUT_S", 0.6)
+        monkeypatch.setattr(runtime_microphone, "MIC_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(runtime_microphone, "MIC_START_TIMEOUT_S", 0.6)
         fake_sd.vanish_after, fake_sd.vanish_with_finish = blocks, with_finish
         source = MicrophoneSource(None, RATE, 0.1)
         start = time.monotonic()
@@ -1084,8 +1084,8 @@ class TestListenCommand:
         assert "bluetooth" in err and "USB PnP" in err
 
     def test_microphone_lost_mid_stream(self, fake_sd, level_model, monkeypatch, capsys):
-        monkeypatch.setattr(runtime_sources, "MIC_TIMEOUT_S", 0.3)
-        monkeypatch.setattr(runtime_sources, "MIC_START_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(runtime_microphone, "MIC_TIMEOUT_S", 0.3)
+        monkeypatch.setattr(runtime_microphone, "MIC_START_TIMEOUT_S", 0.3)
         fake_sd.vanish_after = 30  # after 3 s: the first keyword was heard
         assert cli_main(["listen", "--model", str(level_model), "--device", "USB"]) == 2
         out, err = capsys.readouterr()
