@@ -69,6 +69,11 @@ def current_umask() -> int:
     return umask
 
 
+def make_readable(path: str | Path) -> None:
+    """Give a file the permissions a newly created file gets (``0o666 & ~umask``; temporary files are 0600)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a half-written file there.
 
@@ -88,7 +93,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
         raise KWSError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
