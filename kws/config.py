@@ -41,6 +41,8 @@ MAX_HIDDEN_SIZE = 2048
 """Largest LSTM accepted (far above any keyword model; a typo like 100000 would need ~160 GB)."""
 MAX_LAYERS = 8
 MAX_SEED = 2**32 - 1
+TEACHER_POOLINGS: tuple[str, ...] = ("mean-max", "attention", "flatten")
+"""How the teacher's head pools its embedding windows (:class:`TeacherConfig`)."""
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,56 @@ class TrainConfig:
         _check(self.grad_clip > 0, "need grad_clip > 0")
         _check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0: off)")
         _check(self.num_workers >= 0, "need num_workers >= 0")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How ``kws teacher`` embeds clips and trains its head (:mod:`kws.teacher`); saved in ``teacher.pt``.
+
+    Attributes:
+        pad_seconds: zeros added before and after each clip before embedding (0.5: a 1 s clip becomes 2 s and
+            gives 16 windows, the first and last of which overlap the clip by 275 ms).
+        augment_views: extra augmented copies of each training clip (:class:`kws.augment.Augmenter`, default
+            waveform augmentation, no context) embedded and added to the head's training set.
+        pooling: how the head reduces the ``[windows, 96]`` sequence: ``"mean-max"`` (mean and max over the
+            windows of per-window MLP features), ``"attention"`` (learned weights over the windows instead of the
+            mean) or ``"flatten"`` (all windows concatenated, position-aware). On the real data (10,778 training
+            clips) mean-max and attention were within 0.2 points of validation accuracy of each other and flatten
+            about 1 point lower; mean-max is the default (the simpler one, best on validation).
+        hidden_size: width of the head's per-window MLP (or of the flattened MLP).
+        dropout: dropout in the head.
+        epochs: most training epochs; patience: stop after this many epochs without a better validation score.
+        batch_size, lr, weight_decay: AdamW settings; label_smoothing: of the cross-entropy.
+        seed: head initialisation, batch order and augmentation.
+    """
+
+    pad_seconds: float = 0.5
+    augment_views: int = 0
+    pooling: str = "mean-max"
+    hidden_size: int = 128
+    dropout: float = 0.3
+    epochs: int = 200
+    patience: int = 25
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.pooling in TEACHER_POOLINGS,
+            f"pooling must be 'mean-max', 'attention' or 'flatten', got {self.pooling!r}",
+        )
+        _check(self.pad_seconds >= 0 and self.augment_views >= 0, "need pad_seconds >= 0 and augment_views >= 0")
+        _check(
+            self.epochs >= 1 and self.patience >= 1 and self.batch_size >= 1 and self.hidden_size >= 1,
+            "need epochs, patience, batch_size and hidden_size >= 1",
+        )
+        _check(
+            0 <= self.dropout < 1 and 0 <= self.label_smoothing < 1 and self.lr > 0 and self.weight_decay >= 0,
+            "need 0 <= dropout, label_smoothing < 1, lr > 0 and weight_decay >= 0",
+        )
 
 
 @dataclass(frozen=True)

@@ -202,13 +202,18 @@ def plot_confusion(report: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate_split(model: KWSModel, data: SplitData, labels: list[str]) -> dict[str, Any]:
-    """Classification report of ``model`` on one loaded split."""
-    probs = predict(model, data.audio)
-    report = classification_report(data.labels, probs.argmax(1), labels)
+def split_report(data: SplitData, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Classification report of class scores ``[clips, n_labels]`` (any model's) on one loaded split, with its
+    speaker count (silence excluded) and the number of unreadable clips skipped."""
+    report = classification_report(data.labels, scores.argmax(1), labels)
     report["speakers"] = len({s for s, sil in zip(data.speakers, data.silence, strict=True) if not sil})
     report["skipped"] = len(data.skipped)
     return report
+
+
+def evaluate_split(model: KWSModel, data: SplitData, labels: list[str]) -> dict[str, Any]:
+    """Classification report of ``model`` on one loaded split (:func:`split_report` of its probabilities)."""
+    return split_report(data, predict(model, data.audio), labels)
 
 
 def write_report(report: dict[str, Any], out_dir: Path, name: str, title: str) -> tuple[Path, Path]:

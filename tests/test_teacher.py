@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import kws.teacher as teacher
-from kws import cli
-from kws.config import DataConfig
+import kws.teacher_embedding as embedding
+from kws import cli, teacher_cache, teacher_head
+from kws.config import DataConfig, TeacherConfig, to_dict
 from kws.dataset import prepare
 from kws.errors import KWSError
 from support.tiny import TINY_LABELS
@@ -65,7 +66,7 @@ def make_stand_in_models(folder: Path) -> Path:
             numpy_helper.from_array(np.array(1e-3, np.float32), "floor"),
             numpy_helper.from_array(np.array(10.0, np.float32), "ten"),
         ],
-        folder / teacher.MEL_FILE,
+        folder / embedding.MEL_FILE,
     )
     pool = np.zeros((76 * 32, 96), np.float32)
     for frame in range(76):
@@ -85,7 +86,7 @@ def make_stand_in_models(folder: Path) -> Path:
             numpy_helper.from_array(pool, "pool"),
             numpy_helper.from_array(np.array([-1, 1, 1, 96], np.int64), "out_shape"),
         ],
-        folder / teacher.EMBEDDING_FILE,
+        folder / embedding.EMBEDDING_FILE,
     )
     return folder
 
@@ -106,14 +107,14 @@ class CountingEmbed:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls, self.clips = 0, 0
-        real = teacher.SpeechEmbedding.embed
+        real = embedding.SpeechEmbedding.embed
 
         def embed(this, audio, *args, **kwargs):
             self.calls += 1
             self.clips += len(audio)
             return real(this, audio, *args, **kwargs)
 
-        monkeypatch.setattr(teacher.SpeechEmbedding, "embed", embed)
+        monkeypatch.setattr(embedding.SpeechEmbedding, "embed", embed)
 
 
 @pytest.fixture(scope="module")
@@ -122,29 +123,29 @@ def built(tmp_path_factory: pytest.TempPathFactory, full_dataset: Path, models: 
     logging.getLogger("kws").setLevel(logging.WARNING)
     out = tmp_path_factory.mktemp("teacher")
     data_config = _data_config(full_dataset)
-    config = teacher.TeacherConfig(epochs=EPOCHS)
+    config = TeacherConfig(epochs=EPOCHS)
     result = teacher.build_teacher(data_config, config, out, embedding_models=models, threads=1)
     return out, result, data_config, config
 
 
 def test_embedding_shapes_units_and_batch_independence(models: Path) -> None:
-    embedder = teacher.SpeechEmbedding(models, threads=1)
+    embedder = embedding.SpeechEmbedding(models, threads=1)
     rng = np.random.default_rng(0)
     t = np.arange(SR) / SR
     floats = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.01 * rng.standard_normal(SR)]).astype(np.float32)
     ints = np.round(floats * 32768).astype(np.int16)
     out = embedder.embed(ints)
-    assert out.shape == (2, 16, teacher.EMBEDDING_DIM) and out.dtype == np.float32
+    assert out.shape == (2, 16, embedding.EMBEDDING_DIM) and out.dtype == np.float32
     np.testing.assert_array_equal(embedder.embed(floats), out)  # float in [-1, 1] == its int16 version
     np.testing.assert_allclose(embedder.embed(ints[1:], batch_clips=1)[0], out[1], rtol=1e-5, atol=1e-5)
     # centred in 0.5 s of zeros: the windows cover the whole clip and the first one starts in silence
     pad = embedder.pad_samples
     assert pad == SR // 2
     mel = embedder.mel(np.concatenate([np.zeros(pad), ints[0].astype(np.float32), np.zeros(pad)]).astype(np.float32))
-    assert mel.shape == ((SR + 2 * pad - N_FFT) // HOP + 1, teacher.MEL_BINS)
+    assert mel.shape == ((SR + 2 * pad - N_FFT) // HOP + 1, embedding.MEL_BINS)
     assert mel[: pad // HOP - 4].std() < 1e-6 < mel[pad // HOP + 5 :].std()
-    assert embedder.embed(np.zeros((0, SR), np.int16)).shape == (0, 16, teacher.EMBEDDING_DIM)
-    assert set(embedder.fingerprint) == {teacher.MEL_FILE, teacher.EMBEDDING_FILE}
+    assert embedder.embed(np.zeros((0, SR), np.int16)).shape == (0, 16, embedding.EMBEDDING_DIM)
+    assert set(embedder.fingerprint) == {embedding.MEL_FILE, embedding.EMBEDDING_FILE}
 
 
 def test_teacher_learns_the_synthetic_words(built) -> None:
@@ -160,9 +161,9 @@ def test_teacher_learns_the_synthetic_words(built) -> None:
     assert hits / clips > 0.8, (hits, clips)  # chance is 1/6
     head, config, labels, payload = teacher.load_teacher(out / teacher.TEACHER)
     assert labels == ["_silence_", "_unknown_", *TINY_LABELS.split(",")]
-    assert config == teacher.TeacherConfig(epochs=EPOCHS)
+    assert config == TeacherConfig(epochs=EPOCHS)
     assert tuple(payload["data"]["roots"]) == built[2].roots
-    with np.load(out / teacher.SOFT_LABELS) as f:
+    with np.load(out / teacher_cache.SOFT_LABELS) as f:
         logits, targets, splits = f["logits"], f["targets"], f["splits"]
         assert f["labels"].tolist() == labels and logits.dtype == np.float32
     assert logits.shape == (len(targets), n_labels)
@@ -177,11 +178,11 @@ def test_teacher_learns_the_synthetic_words(built) -> None:
 def test_every_head_learns(built, pooling: str) -> None:
     out, _, data_config, _ = built
     prepared = prepare(data_config, SR, SR, 0, ("train", "validation", "test"))
-    with np.load(out / teacher.EMBEDDINGS) as f:
+    with np.load(out / teacher_cache.EMBEDDINGS) as f:
         x = {name: f[name].astype(np.float32) for name in ("train", "validation", "test")}
-    config = teacher.TeacherConfig(epochs=EPOCHS, pooling=pooling)
+    config = TeacherConfig(epochs=EPOCHS, pooling=pooling)
     n_labels = len(prepared.labels)
-    head, _ = teacher.train_head(
+    head, _ = teacher_head.train_head(
         config,
         n_labels,
         x["train"],
@@ -191,7 +192,7 @@ def test_every_head_learns(built, pooling: str) -> None:
     )
     held_out = np.concatenate([x["validation"], x["test"]])
     truth = np.concatenate([prepared.splits["validation"].labels, prepared.splits["test"].labels])
-    logits = teacher.head_logits(head, held_out)
+    logits = teacher_head.head_logits(head, held_out)
     assert logits.shape == (len(truth), n_labels)
     assert np.mean(logits.argmax(1) == truth) > 0.8
 
@@ -199,42 +200,43 @@ def test_every_head_learns(built, pooling: str) -> None:
 def test_soft_labels_cover_the_students_examples(built) -> None:
     out, _, data_config, _ = built
     prepared = prepare(data_config, SR, SR, 0, ("train", "validation"))  # exactly what `kws train` loads
-    with np.load(out / teacher.SOFT_LABELS) as f:
+    with np.load(out / teacher_cache.SOFT_LABELS) as f:
         stored_paths, stored_logits, splits = f["paths"].tolist(), f["logits"], f["splits"]
     for split in ("train", "validation"):
         paths = prepared.splits[split].paths
         assert [p for p, s in zip(stored_paths, splits, strict=True) if s == split] == paths
     paths = prepared.splits["train"].paths
-    soft = teacher.load_soft_labels(out, prepared.labels, paths)
+    soft = teacher_cache.load_soft_labels(out, prepared.labels, paths)
     assert soft.shape == (len(paths), len(prepared.labels)) and not np.isnan(soft).any()
     np.testing.assert_array_equal(soft, stored_logits[: len(paths)])
     order = np.random.default_rng(0).permutation(len(paths))
-    shuffled = teacher.load_soft_labels(out, prepared.labels, [paths[i] for i in order] + ["nowhere.wav"])
+    shuffled = teacher_cache.load_soft_labels(out, prepared.labels, [paths[i] for i in order] + ["nowhere.wav"])
     np.testing.assert_array_equal(shuffled[:-1], soft[order])
     assert np.isnan(shuffled[-1]).all()
     with pytest.raises(KWSError) as exc:
-        teacher.load_soft_labels(out, [*prepared.labels[:-1], "stop"], paths)
+        teacher_cache.load_soft_labels(out, [*prepared.labels[:-1], "stop"], paths)
     assert "differ" in str(exc.value) and "\n" not in str(exc.value)
     with pytest.raises(KWSError, match="no soft_labels.npz"):
-        teacher.load_soft_labels(out / "missing", prepared.labels, paths)
+        teacher_cache.load_soft_labels(out / "missing", prepared.labels, paths)
 
 
 def test_duplicate_paths_match_occurrence_by_occurrence(tmp_path: Path) -> None:
-    teacher._save_npz(
-        tmp_path / teacher.SOFT_LABELS,
+    teacher_cache.save_npz(
+        tmp_path / teacher_cache.SOFT_LABELS,
         {
             "paths": np.asarray(["noise:a.wav@0", "x.wav", "noise:a.wav@0"]),
             "logits": np.arange(6, dtype=np.float32).reshape(3, 2),
             "labels": np.asarray(["_silence_", "_unknown_"]),
         },
     )
-    soft = teacher.load_soft_labels(tmp_path, ["_silence_", "_unknown_"], ["noise:a.wav@0", "noise:a.wav@0", "x.wav"])
+    paths = ["noise:a.wav@0", "noise:a.wav@0", "x.wav"]
+    soft = teacher_cache.load_soft_labels(tmp_path, ["_silence_", "_unknown_"], paths)
     np.testing.assert_array_equal(soft, [[0, 1], [4, 5], [2, 3]])
 
 
 def test_second_run_reuses_the_cache(built, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, first, data_config, config = built
-    before = (out / teacher.SOFT_LABELS).read_bytes()
+    before = (out / teacher_cache.SOFT_LABELS).read_bytes()
     counter = CountingEmbed(monkeypatch)
     trained = []
     real_train = teacher.train_head
@@ -242,10 +244,10 @@ def test_second_run_reuses_the_cache(built, models: Path, monkeypatch: pytest.Mo
     again = teacher.build_teacher(data_config, config, out, embedding_models=models, threads=1)
     assert again.reused and counter.calls == 0 and not trained
     assert again.reports["test"]["accuracy"] == first.reports["test"]["accuracy"]
-    assert (out / teacher.SOFT_LABELS).read_bytes() == before
+    assert (out / teacher_cache.SOFT_LABELS).read_bytes() == before
     # a new head setting retrains the head on the cached embeddings
     changed = teacher.build_teacher(
-        data_config, teacher.TeacherConfig(epochs=3, pooling="flatten"), out, embedding_models=models, threads=1
+        data_config, TeacherConfig(epochs=3, pooling="flatten"), out, embedding_models=models, threads=1
     )
     assert not changed.reused and counter.calls == 0 and trained and changed.embed_seconds == 0
     # a changed data config embeds again
@@ -256,17 +258,17 @@ def test_second_run_reuses_the_cache(built, models: Path, monkeypatch: pytest.Mo
 
 def test_augmented_views_are_embedded_and_cached(tmp_path: Path, full_dataset: Path, models: Path, monkeypatch) -> None:
     counter = CountingEmbed(monkeypatch)
-    config = teacher.TeacherConfig(epochs=2, augment_views=2, pooling="attention")
+    config = TeacherConfig(epochs=2, augment_views=2, pooling="attention")
     data_config = _data_config(full_dataset)
     teacher.build_teacher(data_config, config, tmp_path, embedding_models=models, threads=1)
     n_train = len(prepare(data_config, SR, SR, 0, ("train",)).splits["train"])
     assert counter.calls == 3 + 2 and counter.clips > 3 * n_train
-    with np.load(tmp_path / teacher.VIEWS) as f:
+    with np.load(tmp_path / teacher_cache.VIEWS) as f:
         views = f["train_views"]
-    with np.load(tmp_path / teacher.EMBEDDINGS) as f:
+    with np.load(tmp_path / teacher_cache.EMBEDDINGS) as f:
         clean = f["train"]
     assert views.shape == (2, *clean.shape) and not np.array_equal(views[0], views[1])
-    retrained = teacher.TeacherConfig(epochs=3, augment_views=2)
+    retrained = TeacherConfig(epochs=3, augment_views=2)
     teacher.build_teacher(data_config, retrained, tmp_path, embedding_models=models, threads=1)
     assert counter.calls == 5  # clean embeddings and views both reused
 
@@ -282,7 +284,7 @@ def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int,
 def test_cli_builds_the_same_data_config_as_train(
     tmp_path: Path, full_dataset: Path, models: Path, monkeypatch, capsys
 ):
-    from kws import train as train_cli
+    from kws import train_cli
 
     argv = ["--data", str(full_dataset), "--labels", TINY_LABELS, "--seed", "3", "--unknown-ratio", "0.8"]
     code, out, err = _cli(
@@ -294,7 +296,7 @@ def test_cli_builds_the_same_data_config_as_train(
     train_cli.add_arguments(parser)
     student = train_cli.config_from_args(parser.parse_args(argv))
     payload = teacher.load_teacher_payload(tmp_path / teacher.TEACHER)
-    assert payload["data"] == teacher.to_dict(student.data) and payload["data_seed"] == student.train.seed == 3
+    assert payload["data"] == to_dict(student.data) and payload["data_seed"] == student.train.seed == 3
     parser = argparse.ArgumentParser()
     teacher.add_arguments(parser)
     args = parser.parse_args(["--data", "a", "b", "--data", "c"])
@@ -302,13 +304,13 @@ def test_cli_builds_the_same_data_config_as_train(
 
 
 def test_missing_package_is_one_line(tmp_path: Path, full_dataset: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(teacher, "find_spec", lambda name: None)
+    monkeypatch.setattr(embedding, "find_spec", lambda name: None)
     with pytest.raises(KWSError) as exc:
-        teacher.SpeechEmbedding()
-    assert str(exc.value) == teacher.MISSING_PACKAGE
+        embedding.SpeechEmbedding()
+    assert str(exc.value) == embedding.MISSING_PACKAGE
     code, out, err = _cli(["--data", str(full_dataset), "--out", str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and err.strip().count("\n") == 0
-    assert err.strip() == f"kws teacher: error: {teacher.MISSING_PACKAGE}"
+    assert err.strip() == f"kws teacher: error: {embedding.MISSING_PACKAGE}"
     assert "pip install 'kws[teacher]'" in err and not list(tmp_path.iterdir())
 
 
@@ -320,8 +322,8 @@ def test_bad_model_folder_is_one_line(tmp_path: Path, full_dataset: Path, models
     assert code == 2 and err.strip().count("\n") == 0 and "melspectrogram.onnx" in err
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / teacher.MEL_FILE).write_bytes(b"not onnx")
-    (broken / teacher.EMBEDDING_FILE).write_bytes((models / teacher.EMBEDDING_FILE).read_bytes())
+    (broken / embedding.MEL_FILE).write_bytes(b"not onnx")
+    (broken / embedding.EMBEDDING_FILE).write_bytes((models / embedding.EMBEDDING_FILE).read_bytes())
     code, _, err = _cli(["--data", str(full_dataset), "--embedding-models", str(broken), *out], monkeypatch, capsys)
     assert code == 2 and err.strip().count("\n") == 0 and "cannot load" in err
     assert not (tmp_path / "out").exists()
@@ -331,8 +333,8 @@ def test_installed_package_files_are_found_without_importing_it() -> None:
     import sys
 
     try:
-        folder = teacher.package_models_dir()
+        folder = embedding.package_models_dir()
     except KWSError:
         pytest.skip("openwakeword is not installed (the optional kws[teacher] extra)")
-    assert (folder / teacher.MEL_FILE).is_file() and (folder / teacher.EMBEDDING_FILE).is_file()
+    assert (folder / embedding.MEL_FILE).is_file() and (folder / embedding.EMBEDDING_FILE).is_file()
     assert "openwakeword" not in sys.modules
