@@ -1,5 +1,6 @@
 """The process side of ``kws listen``: stdout that may be closed, full or a vanished pipe; stderr that may be
-missing; SIGINT and SIGTERM, deferred while the runtime's extension modules are imported (stdlib only).
+missing or must be muted while a C library prints on its own; SIGINT and SIGTERM, deferred while the runtime's
+extension modules are imported (stdlib only).
 
 Errors the user can fix (a closed or read-only stdout, a write that fails) are :class:`OutputError`, one line
 from the CLI; a reader that goes away (``kws listen ... | head -1``) is :class:`OutputClosed`, a quiet stop.
@@ -7,11 +8,13 @@ from the CLI; a reader that goes away (``kws listen ... | head -1``) is :class:`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import TextIO
 
@@ -115,13 +118,41 @@ def discard_stdout() -> None:
     """Point stdout at /dev/null after a failed write, so the interpreter's last flush cannot fail again."""
     try:
         fd = sys.stdout.fileno()
-        devnull = os.open(os.devnull, os.O_WRONLY)
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return
     try:
-        os.dup2(devnull, fd)
+        _point_at_devnull(fd)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def muted_c_stderr() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside the block (C libraries that print on their own)."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no stderr at all: nothing to mute
+        yield
+        return
+    try:
+        _point_at_devnull(2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _point_at_devnull(fd: int) -> None:
+    """File descriptor ``fd`` now writes to /dev/null.
+
+    Raises:
+        OSError: /dev/null cannot be opened or ``fd`` is not open.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
     finally:
         os.close(devnull)
 

@@ -8,7 +8,6 @@ audio is processed where the header allows.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import struct
@@ -22,6 +21,7 @@ import numpy as np
 
 from kws.audio import AudioError
 from kws.runtime.config import MAX_INPUT_CHANNELS, MAX_INPUT_RATE, MIN_INPUT_RATE, is_whole, regular_file
+from kws.runtime.console import muted_c_stderr
 from kws.runtime.sources import AudioSource, SourceError, block_frames
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class FileSource(AudioSource):
             path, "audio file", AudioError, pipe_hint=f"; for raw 16-bit PCM from a pipe use --input - < {path}"
         )
         try:
-            with _c_stderr_muted():  # libsndfile's mp3 decoder prints its own warnings on odd data
+            with muted_c_stderr():  # libsndfile's mp3 decoder prints its own warnings on odd data
                 self._file = sf.SoundFile(str(self.path))
         except Exception as exc:  # LibsndfileError, RuntimeError, TypeError for non-audio data
             detail = _first_line(exc)
@@ -102,28 +102,6 @@ class FileSource(AudioSource):
 
     def close(self) -> None:
         self._file.close()
-
-
-@contextlib.contextmanager
-def _c_stderr_muted() -> Iterator[None]:
-    """File descriptor 2 points at /dev/null inside the block (C libraries that print on their own)."""
-    try:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no stderr at all: nothing to mute
-        yield
-        return
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-        finally:
-            os.close(devnull)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _first_line(exc: BaseException) -> str:

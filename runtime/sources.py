@@ -56,6 +56,7 @@ class AudioSource:
         input_rate: rate the audio is read at (differs from ``sample_rate`` when resampling).
         live: audio arrives in real time (microphone, stdin): detections get a wall-clock time.
         overflows: input overflows seen (audio lost before it reached the engine).
+        nonfinite: nan/inf samples seen (replaced by silence, reported once).
         description: human-readable name of the source.
     """
 
@@ -145,6 +146,7 @@ def open_source(
 ) -> AudioSource:  # fmt: skip
     """The source for ``kws listen --input``: None -> microphone ``device``; ``"-"`` -> raw PCM on stdin;
     anything else -> an audio file."""
+    # imported here, not at the top: both modules build on this one (AudioSource)
     from kws.runtime.files import FileSource, StdinSource
     from kws.runtime.microphone import MicrophoneSource
 
