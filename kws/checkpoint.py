@@ -4,9 +4,16 @@ file alone.
 A checkpoint is a dict saved with ``torch.save``::
 
     {"format": "kws-checkpoint", "version": 1, "kws_version": str,
-     "config": to_dict(RunConfig), "labels": [str, ...], "model": state_dict,
-     "optimizer": ..., "scheduler": ..., "epoch": int, "step": int, "best_accuracy": float,
-     "rng": {...}, "history": [...], "evaluation": {...} (optional), "data_summary": {...}}
+     "config": to_dict(RunConfig), "labels": [str, ...], WEIGHTS: state_dict, "train_model": state_dict,
+     "optimizer": ..., "scheduler": ..., "scaler": ... (fp16 only), "epoch": int, "step": int,
+     "best_accuracy": float, "history": [...], "world_size": int, "evaluation": {...} (optional),
+     "data_summary": {...}}
+
+``WEIGHTS`` holds the weights that are validated, evaluated and exported: the exponential moving average of the
+trained weights (``TrainConfig.ema_decay`` > 0, the default), else the trained weights; ``train_model`` holds the
+trained weights themselves (what ``--resume`` continues). Its key is :data:`WEIGHTS_KEY` (``"eval_model"``);
+checkpoints written before it was named so hold the same weights under :data:`LEGACY_WEIGHTS_KEY` (``"model"``,
+e.g. those in ``runs/``). Read it with :func:`checkpoint_weights`, which takes either.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "kws-checkpoint"
 CHECKPOINT_VERSION = 1
+WEIGHTS_KEY = "eval_model"
+"""Payload key of the evaluated and exported weights (see the module docstring)."""
+LEGACY_WEIGHTS_KEY = "model"
+"""The same weights' key in older checkpoints; still read."""
 
 
 class CheckpointError(KWSError):
@@ -139,9 +150,15 @@ def model_from_checkpoint(path: str | Path) -> tuple[KWSModel, list[str], dict[s
         model = KWSModel(config.features, config.model)
     except (RuntimeError, ValueError, TypeError, MemoryError) as exc:
         raise CheckpointError(f"{path}: cannot build the model of its config ({_one_line(exc)})") from None
-    load_weights(model, payload.get("model"), f"{path}")
+    load_weights(model, checkpoint_weights(payload), f"{path}")
     model.eval()
     return model, labels, payload
+
+
+def checkpoint_weights(payload: Mapping[str, Any]) -> Any:
+    """The evaluated weights of a checkpoint payload (a state dict, unchecked: see :func:`load_weights`), under
+    :data:`WEIGHTS_KEY` or, in an older checkpoint, :data:`LEGACY_WEIGHTS_KEY`; None when neither is there."""
+    return payload[WEIGHTS_KEY] if WEIGHTS_KEY in payload else payload.get(LEGACY_WEIGHTS_KEY)
 
 
 def load_weights(model: torch.nn.Module, state: Any, where: str) -> None:
