@@ -22,7 +22,7 @@ import argparse
 import importlib
 import json
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
@@ -61,21 +61,44 @@ RUNTIME_MODULES = (
 OPTIONAL_MODULES = ("soundfile", "soxr")
 """Imported then too if they are installed (a missing one is reported where it is needed)."""
 
-DETECTION_OPTIONS: dict[str, tuple[str, type, str]] = {
-    "--smoothing-ms": ("smoothing_ms", float,
-                       f"moving-average window of the posteriors, 0..{MAX_SMOOTHING_MS:g} (default: %(default)g)"),
-    "--refractory-ms": ("refractory_ms", float,
-                        f"no detection for this long after one, 0..{MAX_REFRACTORY_MS:.0f} (default: %(default)g)"),
-    "--chunk-ms": ("chunk_ms", float,
-                   f"audio per model call, in whole hops, up to {MAX_CHUNK_MS:g} (default: %(default)g)"),
-    "--lanes": ("lanes", int, f"LSTM states, reset in turn to stay in sync over long streams, 1..{MAX_LANES} "
-                              "(default: %(default)s)"),
-    "--reset-period-ms": ("reset_period_ms", float,
-                          f"each lane is reset to zero state this often, up to {MAX_RESET_PERIOD_MS:.0f}; 0: never, "
-                          "with --lanes 1 (default: %(default)g)"),
-}  # fmt: skip
-"""Option -> (:class:`SpotterConfig` field, type, help), in the order of ``--help``; the defaults are the
-fields' own, the ranges those of :data:`kws.runtime.config.RANGES`."""
+
+@dataclass(frozen=True)
+class DetectionOption:
+    """A numeric option of ``kws listen`` that sets one :class:`SpotterConfig` field (its default is the
+    field's, its range that of :data:`kws.runtime.config.RANGES`)."""
+
+    name: str
+    kind: type
+    help: str
+
+
+DETECTION_OPTIONS: dict[str, DetectionOption] = {
+    "--smoothing-ms": DetectionOption(
+        "smoothing_ms",
+        float,
+        f"moving-average window of the posteriors, 0..{MAX_SMOOTHING_MS:g} (default: %(default)g)",
+    ),
+    "--refractory-ms": DetectionOption(
+        "refractory_ms",
+        float,
+        f"no detection for this long after one, 0..{MAX_REFRACTORY_MS:.0f} (default: %(default)g)",
+    ),
+    "--chunk-ms": DetectionOption(
+        "chunk_ms", float, f"audio per model call, in whole hops, up to {MAX_CHUNK_MS:g} (default: %(default)g)"
+    ),
+    "--lanes": DetectionOption(
+        "lanes",
+        int,
+        f"LSTM states, reset in turn to stay in sync over long streams, 1..{MAX_LANES} (default: %(default)s)",
+    ),
+    "--reset-period-ms": DetectionOption(
+        "reset_period_ms",
+        float,
+        f"each lane is reset to zero state this often, up to {MAX_RESET_PERIOD_MS:.0f}; 0: never, with --lanes 1 "
+        "(default: %(default)g)",
+    ),
+}
+"""The detection options, in the order of ``--help``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smoothed posterior needed to report a keyword: a default (e.g. 0.8) or one keyword's "
                              f"(e.g. yes=0.9), in (0, 1]; repeatable (default: {DEFAULT_THRESHOLD})")  # fmt: skip
     defaults = {f.name: f.default for f in fields(SpotterConfig)}
-    for option, (name, kind, text) in DETECTION_OPTIONS.items():
-        detect.add_argument(option, type=kind, default=defaults[name], help=text)
+    for option, spec in DETECTION_OPTIONS.items():
+        detect.add_argument(option, type=spec.kind, default=defaults[spec.name], help=spec.help)
 
     parser.add_argument("--json", action="store_true", help="one JSON object per detection")
 
@@ -144,7 +167,7 @@ def config_from_args(args: argparse.Namespace) -> SpotterConfig:
         raise ConfigError("--realtime paces an audio file: use it with --input FILE")
     if (args.raw_rate is not None or args.raw_channels != 1) and args.input != "-":
         raise ConfigError("--raw-rate/--raw-channels describe raw PCM on stdin: use them with --input -")
-    option_of = {name: option for option, (name, _, _) in DETECTION_OPTIONS.items()}
+    option_of = {spec.name: option for option, spec in DETECTION_OPTIONS.items()}
     values = {f.name: getattr(args, f.name) for f in fields(SpotterConfig) if f.name in option_of}
     for name, value in values.items():
         low, high, low_excluded = RANGES[name]
