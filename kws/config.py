@@ -114,7 +114,8 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Stacked LSTM over MFCC frames with a linear classifier on the last frame's output."""
+    """Stacked LSTM over MFCC frames with a linear classifier on every frame's output; a clip's logits are the
+    mean of its frames' logits (``pooling="mean"``, the default) or the last frame's (``"last"``)."""
 
     n_inputs: int = 40
     n_labels: int = 12

@@ -17,7 +17,8 @@ class KWSModel(nn.Module):
 
     ``forward(features, state)`` is causal: the logits of frame ``t`` depend only on frames ``<= t``, and
     running the frames in pieces while carrying ``state`` gives exactly the whole-sequence result. A clip's
-    class scores are the logits of its last frame (:meth:`classify`).
+    class scores pool its frames' logits (:meth:`pool`): their mean (``ModelConfig.pooling="mean"``, the
+    default) or the last frame's (``"last"``); :meth:`classify` does both steps from audio.
     """
 
     def __init__(self, features: FeatureConfig, config: ModelConfig) -> None:
