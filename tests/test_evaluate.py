@@ -104,10 +104,10 @@ class TestWilsonInterval:
             accuracy(np.zeros(3, np.int64), labels)
 
     def test_bench_tables_show_the_intervals(self) -> None:
-        from kws.bench import _pct_ci
+        from kws.bench.markdown import pct_ci
 
-        assert _pct_ci(0.82, list(wilson_interval(82, 100))) == "82.0% (73.3-88.3)"
-        assert _pct_ci(float("nan"), None) == "n/a"
+        assert pct_ci(0.82, list(wilson_interval(82, 100))) == "82.0% (73.3-88.3)"
+        assert pct_ci(float("nan"), None) == "n/a"
 
 
 # ----------------------------------------------------------------------------------------- repeated flags
@@ -121,7 +121,7 @@ class TestRepeatedFlags:
         assert args.data == ["A", "B", "C"]
 
     def test_bench(self) -> None:
-        from kws import bench
+        from kws.bench import options as bench
 
         argv = ["--checkpoint", "c.pt", "--out", "o", "--data", "A", "--data", "B"]
         argv += ["--negatives", "N", "--negatives", "M"]
