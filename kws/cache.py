@@ -43,6 +43,7 @@ import numpy as np
 
 from kws.audio import AudioError, fit_length, float_to_int16, load_audio
 from kws.errors import KWSError
+from kws.io import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -229,25 +230,18 @@ def _read_valid(folder: Path, key: str, kind: str, clip_samples: int) -> tuple[d
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder/.lock``, waiting for another process that holds it (it is building)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise CacheError(f"cannot lock the audio cache {folder}: {exc.strerror or exc}") from None
-    try:
+    """An exclusive lock on ``folder/.lock`` (:func:`kws.io.file_lock`), waiting for another process that holds
+    it (it is building)."""
+
+    def waiting(holder: str) -> None:
+        logger.info("waiting for another process to finish the audio cache %s", folder)
+
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another process to finish the audio cache %s", folder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.enter_context(file_lock(folder / LOCK_FILE, wait=True, on_wait=waiting))
+        except OSError as exc:
+            raise CacheError(f"cannot lock the audio cache {folder}: {exc.strerror or exc}") from None
         yield
-    finally:
-        os.close(fd)
 
 
 def _decode(path: Path, kind: str, sample_rate: int, clip_samples: int) -> np.ndarray | None:
@@ -381,65 +375,3 @@ def open_cache(
                 raise CacheError(f"the audio cache {folder} could not be verified right after it was written")
     index, audio = found
     return AudioCache(root, folder, kind, index, audio)
-
-
-class ClipRows:
-    """A read-only int16 ``[clips, samples]`` array gathered on demand from several sources (memory-mapped cache
-    rows and in-memory clips), so a large training split is not copied into every process.
-
-    ``rows[index]`` (an int, a slice, or an int/bool array) returns an ordinary int16 array; ``np.asarray(rows)``
-    materialises the whole split.
-
-    Args:
-        sources: int16 ``[n_i, samples]`` arrays.
-        source: int ``[clips]``, which source holds each clip.
-        row: int ``[clips]``, its row in that source.
-    """
-
-    def __init__(self, sources: Sequence[np.ndarray], source: np.ndarray, row: np.ndarray, samples: int) -> None:
-        self.sources = list(sources)
-        self.source = np.asarray(source, np.int64)
-        self.row = np.asarray(row, np.int64)
-        self.samples = samples
-        self.shape = (len(self.row), samples)
-        self.dtype = np.dtype(np.int16)
-        self.ndim = 2
-
-    def __len__(self) -> int:
-        return len(self.row)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.row) * self.samples * 2
-
-    def __getitem__(self, index) -> np.ndarray:
-        if isinstance(index, (int, np.integer)):
-            return self[np.asarray([index])][0]
-        picked = np.arange(len(self.row))[index]
-        out = np.empty((len(picked), self.samples), np.int16)
-        src, row = self.source[picked], self.row[picked]
-        for s in np.unique(src):
-            where = src == s
-            out[where] = self.sources[int(s)][row[where]]
-        return out
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
-
-    def __getstate__(self) -> dict:
-        """Memory-mapped sources travel as their file names (a DataLoader worker started by spawn or forkserver
-        maps the file again instead of receiving a copy of the whole cache)."""
-        state = dict(self.__dict__)
-        state["sources"] = [
-            ("memmap", s.filename, s.shape) if isinstance(s, np.memmap) and s.filename and s.offset == 0 else s
-            for s in self.sources
-        ]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        state["sources"] = [
-            np.memmap(s[1], dtype=np.int16, mode="r", shape=s[2]) if isinstance(s, tuple) else s
-            for s in state["sources"]
-        ]
-        self.__dict__.update(state)

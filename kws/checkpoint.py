@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from kws import __version__
 from kws.config import ConfigError, RunConfig, from_dict
 from kws.errors import KWSError
-from kws.io import atomic_write
+from kws.io import LockBusy, atomic_write, file_lock
 from kws.model import KWSModel
 
 logger = logging.getLogger(__name__)
@@ -51,32 +50,21 @@ class CheckpointError(KWSError):
 def lock_folder(folder: str | Path, what: str = "kws train") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/.lock``) for the duration of the block.
 
-    The lock dies with the process (no stale lock after a kill). The lock file keeps the holder's pid.
+    :func:`kws.io.file_lock`: the lock dies with the process (no stale lock after a kill), the lock file keeps the
+    holder's pid.
 
     Raises:
         KWSError: another process holds the lock ("FOLDER is in use by another WHAT (pid N)").
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
     lock_path = Path(folder) / ".lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise KWSError(f"cannot create {lock_path}: {exc.strerror or exc}") from None
-    try:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise KWSError(f"{folder} is in use by another {what} (pid {pid})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            held.enter_context(file_lock(lock_path, wait=False))
+        except OSError as exc:
+            raise KWSError(f"cannot create {lock_path}: {exc.strerror or exc}") from None
+        except LockBusy as exc:
+            raise KWSError(f"{folder} is in use by another {what} (pid {exc.holder})") from None
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

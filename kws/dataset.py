@@ -1,8 +1,9 @@
 """Labelled splits loaded into memory as fixed-length int16 clips (torch-free).
 
 With a cache folder (:mod:`kws.cache`), the clips come from each data folder's decoded-audio cache instead of the
-audio files (bit-identical), and a split asked for ``lazy`` stays in the memory-mapped caches (:class:`ClipRows`):
-the processes of a distributed run then share its pages instead of each holding a copy.
+audio files (bit-identical), and a split asked for ``lazy`` stays in the memory-mapped caches
+(:class:`~kws.clip_rows.ClipRows`): the processes of a distributed run then share its pages instead of each holding
+a copy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 
 from kws.audio import AudioError, fit_length, float_to_int16, int16_to_float, load_audio
 from kws.augment import Augmenter
-from kws.cache import CLIPS, FILES, AudioCache, ClipRows, crop, open_cache
+from kws.cache import CLIPS, FILES, AudioCache, crop, open_cache
+from kws.clip_rows import ClipRows
 from kws.config import DataConfig
 from kws.constants import SILENCE_LABEL
 from kws.data import Corpus, Example, build_split, load_corpus, negative_files, resolve_labels, split_summary
@@ -33,7 +35,7 @@ class SplitData:
     """One split in memory.
 
     Attributes:
-        audio: int16 ``[clips, clip_samples]`` (a :class:`~kws.cache.ClipRows` for a split loaded ``lazy``: index
+        audio: int16 ``[clips, clip_samples]`` (a :class:`~kws.clip_rows.ClipRows` for a split loaded ``lazy``: index
             it, or ``np.asarray`` it for an ordinary array).
         labels: int64 ``[clips]`` indices into the run's label list.
         silence: bool ``[clips]``, True for ``_silence_`` examples.
@@ -158,7 +160,7 @@ def load_split(
     Args:
         caches: read the clips from these caches instead of the files (the same int16 samples).
         lazy: with ``caches``, leave the cached clips in the memory-mapped caches (``audio`` is a
-            :class:`~kws.cache.ClipRows`) instead of copying them into one array.
+            :class:`~kws.clip_rows.ClipRows`) instead of copying them into one array.
     """
     labels, silence, speakers, paths, skipped = [], [], [], [], []
     sources: dict[int, tuple[int, np.ndarray]] = {}  # id(cache audio) -> (source number, array)

@@ -1,15 +1,16 @@
 """Small torch-free file-system helpers shared by the commands: output folders, atomic writes, stale temporaries
-of killed writes, live processes."""
+of killed writes, live processes, lock files."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,50 @@ def clean_stale_temporaries(
             ", ".join(p.name for p, _ in removed),
         )
     return removed
+
+
+class LockBusy(KWSError):
+    """Another process holds the lock; ``holder`` is its pid as the lock file records it (or ``unknown``)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by process {holder}")
+        self.holder = holder
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, wait: bool, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if needed) for the duration of the block.
+
+    The lock dies with its process (no stale lock after a kill); the file keeps the holder's pid. Without
+    ``fcntl`` (not POSIX) nothing is locked.
+
+    Args:
+        wait: when another process holds the lock, wait until it is released (calling ``on_wait(holder)``
+            first), instead of raising :class:`LockBusy` at once.
+
+    Raises:
+        OSError: the lock file cannot be created or opened.
+        LockBusy: another process holds the lock and ``wait`` is False.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            if not wait:
+                raise LockBusy(path, holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

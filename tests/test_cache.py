@@ -18,8 +18,9 @@ import soundfile as sf
 
 import kws.cache as cache_module
 from kws.audio import AudioError, float_to_int16, load_audio
-from kws.cache import CLIPS, DATA_FILE, FILES, INDEX_FILE, CacheError, ClipRows, crop, open_cache
+from kws.cache import CLIPS, DATA_FILE, FILES, INDEX_FILE, CacheError, crop, open_cache
 from kws.cli import main
+from kws.clip_rows import ClipRows
 from kws.config import DataConfig
 from kws.dataset import prepare
 from support.synthetic import SAMPLE_RATE, make_full_dataset, synth_clip
