@@ -24,10 +24,13 @@ import torch
 
 import kws.distributed as kd
 import kws.train as train_module
-from kws.checkpoint import load_checkpoint, model_from_checkpoint
+import kws.train_data as train_data
+from kws.checkpoint import load_checkpoint, model_from_checkpoint, run_config
 from kws.cli import main
-from kws.distributed import Launch, ShardedSampler, read_environment
+from kws.distributed import ShardedSampler
 from kws.errors import KWSError
+from kws.launch import ENV_VARS, Launch, read_environment
+from kws.run_folder import OUTPUTS
 from support.tiny import tiny_run_config
 
 WORKER_TIMEOUT_S = 300
@@ -81,14 +84,14 @@ def _train_worker(rank: int, world: int, port: int, job: dict) -> None:
 
     kd.Context.check_replicas = check_and_keep
     if job.get("die_at_epoch") is not None and rank == 1:
-        real_batches = train_module._epoch_batches
+        real_batches = train_data.epoch_batches
 
         def dying(data, augmenter, sampler, config, epoch, in_process):
             if epoch == job["die_at_epoch"]:
                 os._exit(3)  # killed: no exception, no clean-up
             return real_batches(data, augmenter, sampler, config, epoch, in_process)
 
-        train_module._epoch_batches = dying
+        train_data.epoch_batches = dying
     outcome: dict = {"rank": rank}
     try:
         train_module.train(job["config"], Path(job["out"]), resume=job.get("resume", False), threads=1)
@@ -183,7 +186,7 @@ def test_distributed_flag_needs_torchrun() -> None:
 def test_bad_launch_is_one_line_on_the_command_line(
     tmp_path: Path, full_dataset: Path, capsys, monkeypatch, env: dict
 ) -> None:
-    for name in kd.ENV_VARS:
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -305,7 +308,7 @@ def test_two_processes_hold_identical_weights(ddp_run: dict) -> None:
 @pytest.mark.slow
 def test_rank_0_alone_writes_a_single_process_checkpoint(ddp_run: dict) -> None:
     out = ddp_run["out"]
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(train_module.OUTPUTS)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(OUTPUTS)
     assert _temporaries(out) == []
     single = load_checkpoint(ddp_run["single"] / "best.pt")
     best = load_checkpoint(out / "best.pt")
@@ -326,7 +329,7 @@ def test_validation_covers_the_whole_split(ddp_run: dict, full_dataset: Path) ->
     from kws.dataset import prepare
 
     model, labels, payload = model_from_checkpoint(ddp_run["out"] / "best.pt")
-    config = train_module.run_config(payload)
+    config = run_config(payload)
     fc = config.features
     val = prepare(config.data, fc.sample_rate, fc.clip_samples, config.train.seed, ("validation",), labels=labels)
     val = val.splits["validation"]
@@ -402,7 +405,7 @@ def test_rank_0s_startup_error_ends_every_rank(ddp_run: dict, tmp_path: Path) ->
         return {p.name: p.read_bytes() for p in ddp_run["out"].iterdir() if p.is_file() and p.name != ".lock"}
 
     before = files()
-    config = train_module.run_config(load_checkpoint(ddp_run["out"] / "last.pt"))
+    config = run_config(load_checkpoint(ddp_run["out"] / "last.pt"))
     codes, outcomes = _train_distributed(config, ddp_run["out"], tmp_path / "results")
     assert outcomes[0]["status"] == "error" and "already holds a run" in outcomes[0]["error"], outcomes
     assert outcomes[1] == {"rank": 1, "status": "exit", "code": 2}
@@ -428,7 +431,7 @@ def test_a_single_process_initialises_nothing_distributed(full_dataset: Path, tm
         raise AssertionError("a single process must not join a process group")
 
     monkeypatch.setattr(torch.distributed, "init_process_group", refuse)
-    for name in kd.ENV_VARS:
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     config = tiny_run_config((str(full_dataset),), epochs=1)
     train_module.train(replace(config, train=replace(config.train, max_steps=1)), tmp_path / "run", threads=1)
@@ -444,7 +447,7 @@ def test_torchrun_launches_kws_train(full_dataset: Path, tmp_path: Path) -> None
     argv += ["train", "--data", str(full_dataset), "--labels", "yes,no,up,down", "--hidden-size", "16"]
     argv += ["--validation-percent", "15", "--testing-percent", "15", "--epochs", "1", "--max-steps", "2"]
     argv += ["--threads", "1", "--cache", str(cache), "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in kd.ENV_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env |= {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]

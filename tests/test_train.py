@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kws.run_folder as run_folder
 import kws.train as train_module
 from kws.checkpoint import load_checkpoint, model_from_checkpoint
 from kws.cli import main
@@ -36,7 +37,7 @@ def test_resume_continues_exactly(tmp_path: Path, full_dataset: Path, monkeypatc
     config = tiny_run_config((str(full_dataset),), epochs=3)
     straight = train_module.train(config, tmp_path / "straight")
 
-    real_save = train_module.save_checkpoint
+    real_save = run_folder.save_checkpoint
     saves = {"last": 0}
 
     def save_then_die(path: Path, payload: dict) -> None:
@@ -46,10 +47,10 @@ def test_resume_continues_exactly(tmp_path: Path, full_dataset: Path, monkeypatc
             if saves["last"] == 2:
                 raise KeyboardInterrupt  # killed right after epoch 2
 
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(config, tmp_path / "interrupted")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "interrupted" / "last.pt")["epoch"] == 2
     resumed = train_module.train(config, tmp_path / "interrupted", resume=True)
 

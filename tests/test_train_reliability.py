@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import kws.train as train_module
+import kws.train_cli as train_cli
 from kws.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -40,7 +41,7 @@ from support.tiny import tiny_run_config
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()  # as kws/cli.py builds it
-    train_module.add_arguments(parser)
+    train_cli.add_arguments(parser)
     return parser
 
 
@@ -118,7 +119,7 @@ def test_saved_data_paths_are_absolute(relative_run: Path, full_dataset: Path) -
 def test_config_from_args_resolves_paths(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     args = _parser().parse_args(["--data", "a", "--extra-train", "b", "--negatives", "c"])
-    data = train_module.config_from_args(args).data
+    data = train_cli.config_from_args(args).data
     assert data.roots == (str(tmp_path.resolve() / "a"),)
     assert data.extra_train == (str(tmp_path.resolve() / "b"),)
     assert data.negatives == (str(tmp_path.resolve() / "c"),)
@@ -146,7 +147,7 @@ def test_resume_refuses_conflicting_flags(relative_run: Path, capsys) -> None:
 def test_resume_conflict_with_an_explicit_default(relative_run: Path) -> None:
     saved = run_config(load_checkpoint(relative_run / "last.pt"))
     args = _parser().parse_args(["--resume", "--out", str(relative_run), "--epochs", "60"])  # 60 is the default
-    assert train_module.resume_conflicts(args, saved) == ["--epochs 60 (saved: 2)"]
+    assert train_cli.resume_conflicts(args, saved) == ["--epochs 60 (saved: 2)"]
 
 
 def test_resume_accepts_equal_values_and_free_flags(
@@ -156,14 +157,14 @@ def test_resume_accepts_equal_values_and_free_flags(
     monkeypatch.chdir(tmp_path)
     argv = ["--resume", "--out", str(relative_run), "--threads", "1", "--device", "cpu"]
     argv += ["--data", os.path.relpath(full_dataset, tmp_path), "--hidden-size", "32", "--labels", "yes,no,up,down"]
-    assert train_module.resume_conflicts(_parser().parse_args(argv), saved) == []
+    assert train_cli.resume_conflicts(_parser().parse_args(argv), saved) == []
 
 
 def test_resume_conflicts_of_a_namespace_built_elsewhere(relative_run: Path) -> None:
     saved = run_config(load_checkpoint(relative_run / "last.pt"))
     args = _parser().parse_args(["--resume", "--dropout", "0.2"])
-    delattr(args, train_module.PASSED_FLAGS)  # no record of what was given: compared with the defaults
-    assert train_module.resume_conflicts(args, saved) == ["--dropout 0.2 (saved: 0.0)"]
+    delattr(args, train_cli.PASSED_FLAGS)  # no record of what was given: compared with the defaults
+    assert train_cli.resume_conflicts(args, saved) == ["--dropout 0.2 (saved: 0.0)"]
 
 
 # 5. run-folder lock
