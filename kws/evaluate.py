@@ -6,14 +6,16 @@ official 12-class test archive. Words outside the checkpoint's labels count as `
 
 A split is read with the split rule the checkpoint's own training used (the official lists and hash, or the
 salted speaker hash when a test archive was among its folders), whatever folders are given here, so a clip the
-training learnt from is never scored as ``test`` (:mod:`kws.evaluation_data`, the loader shared with
-``kws export`` and ``kws bench``). Every accuracy and recall comes with its 95% Wilson score interval;
-:func:`accuracy` is the one accuracy of kws.
+training learnt from is never scored as ``test``. Every accuracy and recall comes with its 95% Wilson score
+interval.
 
 examples:
   kws evaluate runs/v2/best.pt --data speech_commands_test_set_v0.02 --split all
   kws evaluate runs/small/best.pt --data ARCHIVE V1_SAMPLE --split test --out runs/small/eval
 """
+
+# The module docstring above is `kws evaluate --help`. The loader shared with kws export and kws bench is
+# kws.evaluation_data; accuracy() below is the one accuracy of kws.
 
 from __future__ import annotations
 
