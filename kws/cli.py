@@ -16,7 +16,7 @@ from kws.errors import KWSError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("kws.download", "fetch and verify the official Speech Commands archives"),
-    "train": ("kws.train", "train a stacked-LSTM keyword model on Speech Commands"),
+    "train": ("kws.train_cli", "train a stacked-LSTM keyword model on Speech Commands"),
     "teacher": ("kws.teacher", "train the pretrained-embedding teacher whose soft labels `kws train --teacher` learns"),
     "tts": ("kws.tts", "synthesise extra training clips with espeak-ng (train-only data)"),
     "evaluate": ("kws.evaluate", "accuracy, per-class precision/recall and a confusion matrix of a checkpoint"),
