@@ -15,9 +15,7 @@ step = hop), so nothing is computed twice.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,33 +27,26 @@ from torch import nn
 
 from kws import __version__
 from kws.config import FeatureConfig, ModelConfig, to_dict
-from kws.constants import (
+from kws.errors import KWSError
+from kws.features import MFCCFrontend
+from kws.format import (
+    BATCH_DIM,
+    FRAMES_DIM,
     INPUT_AUDIO,
-    META_CLIP_SAMPLES,
-    META_EVALUATION,
-    META_FEATURE_CONFIG,
-    META_FORMAT,
-    META_FORMAT_VERSION,
-    META_HOP_SAMPLES,
-    META_KIND,
-    META_LABELS,
-    META_MODEL_CONFIG,
-    META_POOL_FRAMES,
-    META_POOLING,
-    META_QUANTIZATION,
-    META_SAMPLE_RATE,
-    META_STATE,
-    META_VERSION,
-    META_WINDOW_SAMPLES,
+    KIND_CLIP,
+    KIND_STREAM,
+    LANES_DIM,
     OUTPUT_LOGITS,
     OUTPUT_SCORES,
+    QUANT_NONE,
     STATE_C_IN,
     STATE_C_OUT,
     STATE_H_IN,
     STATE_H_OUT,
+    ModelMetadata,
+    StateSpec,
+    lstm_state_specs,
 )
-from kws.errors import KWSError
-from kws.features import MFCCFrontend
 from kws.io import atomic_write
 from kws.model import KWSModel
 
@@ -69,12 +60,6 @@ FOLD_SIZE_LIMIT = 1 << 26
 
 LOG_MEL_OFFSET = 1e-6
 """torchaudio's MFCC with ``log_mels=True`` takes ``log(mel + 1e-6)``."""
-
-KIND_CLIP, KIND_STREAM = "clip", "stream"
-LANES_DIM, BATCH_DIM, FRAMES_DIM = "lanes", "batch", "k"
-"""Names of the symbolic dimensions in the exported graphs."""
-
-QUANT_NONE = "none"
 
 
 class ExportError(KWSError):
@@ -185,20 +170,9 @@ def check_exportable(config: ModelConfig) -> None:
         )
 
 
-def state_spec(config: ModelConfig) -> list[dict[str, Any]]:
-    """The streaming model's recurrent state (the ``META_STATE`` entry)."""
-    return [
-        {
-            "input": STATE_H_IN,
-            "output": STATE_H_OUT,
-            "shape": [config.num_layers, LANES_DIM, config.output_size],
-        },
-        {
-            "input": STATE_C_IN,
-            "output": STATE_C_OUT,
-            "shape": [config.num_layers, LANES_DIM, config.hidden_size],
-        },
-    ]
+def state_spec(config: ModelConfig) -> tuple[StateSpec, ...]:
+    """The streaming model's recurrent state (the ``kws.state`` entry)."""
+    return lstm_state_specs(config.num_layers, config.output_size, config.hidden_size)
 
 
 def model_metadata(
@@ -209,24 +183,23 @@ def model_metadata(
     evaluation: Mapping[str, Any] | None = None,
     quantization: str = QUANT_NONE,
 ) -> dict[str, str]:
-    """The kws ``metadata_props`` of an exported file (keys in :mod:`kws.constants`)."""
-    return {
-        META_FORMAT: META_FORMAT_VERSION,
-        META_KIND: kind,
-        META_LABELS: json.dumps(list(labels)),
-        META_SAMPLE_RATE: str(features.sample_rate),
-        META_CLIP_SAMPLES: str(features.clip_samples),
-        META_WINDOW_SAMPLES: str(features.n_fft),
-        META_HOP_SAMPLES: str(features.hop_samples),
-        META_POOLING: model.pooling,
-        META_POOL_FRAMES: str(features.num_frames(features.clip_samples)),
-        META_FEATURE_CONFIG: json.dumps(to_dict(features), sort_keys=True),
-        META_MODEL_CONFIG: json.dumps(to_dict(model), sort_keys=True),
-        META_STATE: json.dumps(state_spec(model) if kind == KIND_STREAM else []),
-        META_EVALUATION: json.dumps(dict(evaluation or {}), sort_keys=True, default=str),
-        META_QUANTIZATION: quantization,
-        META_VERSION: __version__,
-    }
+    """The kws ``metadata_props`` of an exported file (:class:`kws.format.ModelMetadata`)."""
+    return ModelMetadata(
+        kind=kind,
+        labels=tuple(labels),
+        sample_rate=features.sample_rate,
+        clip_samples=features.clip_samples,
+        window_samples=features.n_fft,
+        hop_samples=features.hop_samples,
+        pooling=model.pooling,
+        pool_frames=features.num_frames(features.clip_samples),
+        states=state_spec(model) if kind == KIND_STREAM else (),
+        feature_config=to_dict(features),
+        model_config=to_dict(model),
+        evaluation=dict(evaluation or {}),
+        quantization=quantization,
+        version=__version__,
+    ).to_props()
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
@@ -244,21 +217,10 @@ def read_metadata(source: str | Path | onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def make_readable(path: Path) -> None:
-    """Give a file the permissions a new file gets under the current umask (temporary files are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def save_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Atomically write ``proto`` to ``path`` (a temporary file in the same folder, then ``os.replace``)."""
-
-    def write(tmp: Path) -> None:
-        onnx.save_model(proto, str(tmp))
-        make_readable(tmp)
-
-    atomic_write(Path(path), write)
+    """Atomically write ``proto`` to ``path`` (a temporary file in the same folder, then ``os.replace``), with
+    the permissions of a new file."""
+    atomic_write(Path(path), lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
 def _strip_debug_metadata(proto: onnx.ModelProto) -> None:

@@ -1,4 +1,7 @@
-"""Named constants shared by training, export and the runtime (torch-free)."""
+"""Named constants of the data sets, shared by training, export and the runtime (torch-free).
+
+The ONNX file format (metadata keys, graph input and output names) is :mod:`kws.format`.
+"""
 
 from __future__ import annotations
 
@@ -60,28 +63,3 @@ MAX_CLIPS_PER_SPEAKER_BITS = 2**27 - 1
 """Constant of the official split hashing rule (``which_set`` in TensorFlow's speech_commands/input_data.py)."""
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
-
-# Keys of the metadata stored in every exported ONNX file (``metadata_props``), read back by the runtime.
-META_FORMAT = "kws.format"
-META_FORMAT_VERSION = "1"
-META_KIND = "kws.kind"  # "clip" or "stream"
-META_LABELS = "kws.labels"  # JSON list
-META_SAMPLE_RATE = "kws.sample_rate"
-META_CLIP_SAMPLES = "kws.clip_samples"
-META_WINDOW_SAMPLES = "kws.window_samples"  # samples per analysis frame (FFT size)
-META_HOP_SAMPLES = "kws.hop_samples"
-META_FEATURE_CONFIG = "kws.feature_config"  # JSON
-META_MODEL_CONFIG = "kws.model_config"  # JSON
-META_STATE = "kws.state"  # JSON: [{"input": ..., "output": ..., "shape": [layers, "lanes", size]}, ...]
-META_EVALUATION = "kws.evaluation"  # JSON
-META_QUANTIZATION = "kws.quantization"  # "none", "dynamic" or "static-qdq"
-META_VERSION = "kws.version"
-
-# Names of the ONNX graph inputs and outputs.
-INPUT_AUDIO = "audio"
-OUTPUT_SCORES = "scores"
-STATE_H_IN, STATE_C_IN = "h_in", "c_in"
-STATE_H_OUT, STATE_C_OUT = "h_out", "c_out"
-OUTPUT_LOGITS = "logits"  # streaming model: per-frame logits [lanes, frames, n_labels]
-META_POOLING = "kws.pooling"  # "mean" (mean of the per-frame logits over a clip) or "last"
-META_POOL_FRAMES = "kws.pool_frames"  # frames per clip, over which a stream pools its logits

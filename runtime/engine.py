@@ -32,8 +32,9 @@ from time import perf_counter
 import numpy as np
 
 from kws.config import ConfigError
+from kws.format import POOL_LAST, POOL_MEAN, frames_in
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
-from kws.runtime.model import POOL_LAST, POOL_MEAN, BoundStep, StreamingModel
+from kws.runtime.model import BoundStep, StreamingModel
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class StreamEngine:
     def flush(self) -> list[tuple[int, np.ndarray]]:
         """Compute the frames of the whole hops still buffered (end of a stream); partial hops are dropped."""
         if self.frames == 0:
-            k = 1 + (self._fill - self.window) // self.hop if self._fill >= self.window else 0
+            k = frames_in(self._fill, self.window, self.hop)
         else:
             k = (self._fill - self.context) // self.hop
         if k <= 0:

@@ -1,99 +1,40 @@
 """Loading an exported streaming model with onnxruntime and reading everything it needs from the file.
 
 Labels, sample rate, window, hop and the LSTM state shapes all come from the ONNX ``metadata_props``
-(keys in :mod:`kws.constants`), so the runtime never needs the training code or its configuration.
+(:mod:`kws.format`), so the runtime never needs the training code or its configuration.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from kws.constants import (
+from kws.format import (
     INPUT_AUDIO,
-    META_CLIP_SAMPLES,
-    META_FEATURE_CONFIG,
-    META_FORMAT,
-    META_FORMAT_VERSION,
-    META_HOP_SAMPLES,
-    META_KIND,
-    META_LABELS,
-    META_POOL_FRAMES,
+    KIND_STREAM,
     META_POOLING,
-    META_QUANTIZATION,
-    META_SAMPLE_RATE,
-    META_STATE,
-    META_VERSION,
-    META_WINDOW_SAMPLES,
     OUTPUT_LOGITS,
     OUTPUT_SCORES,
+    POOL_LAST,
+    POOL_MEAN,
+    POOL_NONE,
+    POOLINGS,
+    UNKNOWN,
+    ModelError,
+    ModelMetadata,
+    StateSpec,
+    first_line,
+    frames_in,
+    printable,
 )
-from kws.errors import KWSError
-from kws.runtime.config import (
-    DEFAULT_THREADS,
-    MAX_INPUT_RATE,
-    MIN_INPUT_RATE,
-    NON_KEYWORD_LABELS,
-    PRETRAINED_MODEL_NAME,
-    check_threads,
-    regular_file,
-)
+from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, PRETRAINED_MODEL_NAME, check_threads, regular_file
 
 logger = logging.getLogger(__name__)
-
-KIND_STREAM = "stream"
-KIND_CLIP = "clip"
-LANES_DIM = "lanes"
-"""Name of the symbolic state dimension that holds independent lanes (``META_STATE`` shapes)."""
-
-POOL_NONE, POOL_LAST, POOL_MEAN = "none", "last", "mean"
-"""How per-frame outputs become posteriors: ``none``: the graph outputs per-frame softmax ``scores``;
-``last``: softmax of each frame's ``logits``; ``mean``: softmax of the mean of the last ``pool_frames``
-frames' ``logits`` (the whole-clip model pools a clip's frames the same way)."""
-
-REQUIRED_METADATA: tuple[str, ...] = (
-    META_FORMAT, META_KIND, META_LABELS, META_SAMPLE_RATE, META_WINDOW_SAMPLES, META_HOP_SAMPLES, META_STATE,
-)  # fmt: skip
-
-# Bounds on the metadata: a damaged or hand-edited file must give a clear error, not a huge allocation.
-MAX_LABELS = 1000
-MAX_STATES = 16
-MAX_STATE_SIZE = 1 << 20
-"""Elements of one lane of all state tensors together (the shipped model: 2 x 2 x 192)."""
-MAX_CLIP_SECONDS = 10
-MIN_HOP_MS = 1.0
-"""Frames are at least 1 ms apart (the shipped model: 20 ms)."""
-
-
-class ModelError(KWSError, ValueError):
-    """The model file is missing, not ONNX, or not a kws streaming model."""
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """One recurrent state tensor: fed as ``input``, returned as ``output``.
-
-    ``shape`` has one entry :data:`LANES_DIM` (the lanes axis, ``lane_axis``); the others are fixed sizes.
-    """
-
-    input: str
-    output: str
-    shape: tuple[int | str, ...]
-
-    @property
-    def lane_axis(self) -> int:
-        return self.shape.index(LANES_DIM)
-
-    def zeros(self, lanes: int) -> np.ndarray:
-        """Zero state for ``lanes`` lanes (float32)."""
-        return np.zeros([lanes if d == LANES_DIM else d for d in self.shape], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -128,8 +69,8 @@ class ModelInfo:
     output: str = OUTPUT_SCORES
     pooling: str = POOL_NONE
     pool_frames: int = 1
-    quantization: str = "unknown"
-    version: str = "unknown"
+    quantization: str = UNKNOWN
+    version: str = UNKNOWN
     metadata: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -140,7 +81,7 @@ class ModelInfo:
     @property
     def clip_frames(self) -> int:
         """Frames of one training clip."""
-        return 1 + (self.clip_samples - self.window_samples) // self.hop_samples
+        return frames_in(self.clip_samples, self.window_samples, self.hop_samples)
 
     @property
     def hop_ms(self) -> float:
@@ -193,54 +134,19 @@ def make_session(path: str | Path, threads: int = DEFAULT_THREADS) -> ort.Infere
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises InvalidProtobuf, Fail, InvalidGraph, NotImplemented, ...
-        raise ModelError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (its type name if empty), at most ``limit`` characters."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _short(value: object, limit: int = 120) -> str:
-    """``repr(value)``, cut to ``limit`` characters (metadata values can be anything)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _printable(text: str, limit: int = 80) -> str:
-    """A metadata string made safe for a one-line message (control characters replaced, length cut)."""
-    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return clean + ("..." if len(text) > limit else "")
+        raise ModelError(f"{path} is not a loadable ONNX model: {first_line(exc)}") from None
 
 
 def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
-    """Parse and check the kws metadata and the graph signature of a session.
+    """Parse and check the kws metadata (:meth:`kws.format.ModelMetadata.from_props`) and the graph signature
+    of a session.
 
     Raises:
         ModelError: naming the missing or invalid metadata entries, inputs or outputs.
     """
     meta = dict(session.get_modelmeta().custom_metadata_map)
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise ModelError(f"{path} is not a kws model: metadata {', '.join(missing)} missing "
-                         "(export it with `kws export`)")  # fmt: skip
-    if meta[META_FORMAT] != META_FORMAT_VERSION:
-        raise ModelError(f"{path}: metadata format {_short(meta[META_FORMAT])} is not supported "
-                         f"(this runtime reads format {META_FORMAT_VERSION!r})")  # fmt: skip
-    kind = meta[META_KIND]
-    labels = _labels(path, meta[META_LABELS])
-    sample_rate = _integer(path, meta, META_SAMPLE_RATE, MIN_INPUT_RATE, MAX_INPUT_RATE)
-    window = _integer(path, meta, META_WINDOW_SAMPLES, 1, sample_rate)  # at most 1 s
-    hop = _integer(path, meta, META_HOP_SAMPLES, max(1, math.ceil(sample_rate * MIN_HOP_MS / 1000)), window)
-    clip = _integer(path, meta, META_CLIP_SAMPLES, window, MAX_CLIP_SECONDS * sample_rate, sample_rate)
-    feature_rate = _feature_rate(meta.get(META_FEATURE_CONFIG))
-    if feature_rate is not None and feature_rate != sample_rate:
-        raise ModelError(f"{path}: metadata {META_SAMPLE_RATE}={sample_rate} contradicts {META_FEATURE_CONFIG} "
-                         f"(features computed at {feature_rate} Hz)")  # fmt: skip
-    states = _state_specs(path, meta[META_STATE])
-
+    parsed = ModelMetadata.from_props(meta, path)
+    kind, states = parsed.kind, parsed.states
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     output = OUTPUT_LOGITS if OUTPUT_LOGITS in outputs and kind == KIND_STREAM else OUTPUT_SCORES
@@ -256,97 +162,25 @@ def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
                          f"outputs {sorted(outputs)})")  # fmt: skip
     pooling, pool_frames = POOL_NONE, 1
     if output == OUTPUT_LOGITS:
-        pooling = meta.get(META_POOLING, "")
-        if pooling not in (POOL_LAST, POOL_MEAN):
+        pooling, pool_frames = parsed.pooling, parsed.pool_frames
+        if pooling not in POOLINGS:
             raise ModelError(
                 f"{path}: a model with per-frame {OUTPUT_LOGITS!r} needs metadata {META_POOLING} "
                 f"({POOL_LAST!r} or {POOL_MEAN!r}), got {pooling or 'none'!r}"
             )
-        clip_frames = 1 + (clip - window) // hop
-        pool_frames = _integer(path, meta, META_POOL_FRAMES, 1, clip_frames, clip_frames)
     return ModelInfo(
-        path=Path(path), kind=_printable(kind), labels=labels, sample_rate=sample_rate, window_samples=window,
-        hop_samples=hop, clip_samples=clip, states=states, output=output, pooling=pooling,
-        pool_frames=pool_frames,
-        quantization=_printable(meta.get(META_QUANTIZATION, "unknown")),
-        version=_printable(meta.get(META_VERSION, "unknown")), metadata=meta,
+        path=Path(path), kind=printable(kind), labels=parsed.labels, sample_rate=parsed.sample_rate,
+        window_samples=parsed.window_samples, hop_samples=parsed.hop_samples, clip_samples=parsed.clip_samples,
+        states=states, output=output, pooling=pooling, pool_frames=pool_frames,
+        quantization=printable(parsed.quantization), version=printable(parsed.version), metadata=meta,
     )  # fmt: skip
 
 
-def _integer(path: str | Path, meta: dict[str, str], key: str, low: int, high: int,
-             default: int | None = None) -> int:  # fmt: skip
-    """Metadata ``key`` as a whole number in ``[low, high]`` (``default`` if absent and not None)."""
-    raw = meta.get(key)
-    if raw is None and default is not None:
-        return default
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ModelError(f"{path}: metadata {key} must be a whole number, got {_short(raw)}") from None
-    if not low <= value <= high:
-        raise ModelError(f"{path}: metadata {key}={value} is out of range [{low}, {high}]")
-    return value
-
-
-def _feature_rate(text: str | None) -> int | None:
-    """The sample rate in the (informational) feature configuration, if it has a readable one."""
-    try:
-        rate = json.loads(text).get("sample_rate") if text else None
-    except (ValueError, RecursionError, AttributeError):
-        return None
-    return rate if type(rate) is int else None
-
-
-def _json(path: str | Path, key: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested brackets
-        raise ModelError(f"{path}: metadata {key} is not valid JSON ({_first_line(exc, 100)})") from None
-
-
-def _labels(path: str | Path, text: str) -> tuple[str, ...]:
-    labels = _json(path, META_LABELS, text)
-    if not (isinstance(labels, list) and all(isinstance(x, str) and x and x.isprintable() for x in labels)):
-        raise ModelError(f"{path}: metadata {META_LABELS} must be a JSON list of label names, got "
-                         f"{_short(text)}")  # fmt: skip
-    if not 2 <= len(labels) <= MAX_LABELS or len(set(labels)) != len(labels):
-        raise ModelError(f"{path}: metadata {META_LABELS} must list 2 to {MAX_LABELS} distinct labels, got "
-                         f"{_short(labels)}")  # fmt: skip
-    return tuple(labels)
-
-
-def _state_specs(path: str | Path, text: str) -> tuple[StateSpec, ...]:
-    entries = _json(path, META_STATE, text)
-    if not isinstance(entries, list) or len(entries) > MAX_STATES:
-        raise ModelError(f"{path}: metadata {META_STATE} must be a JSON list of at most {MAX_STATES} state "
-                         f"tensors, got {_short(text)}")  # fmt: skip
-    try:
-        specs = tuple(_state_spec(x) for x in entries)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelError(f"{path}: invalid metadata {META_STATE} ({_first_line(exc, 200)})") from None
-    size = sum(math.prod(d for d in s.shape if d != LANES_DIM) for s in specs)
-    if size > MAX_STATE_SIZE:
-        raise ModelError(f"{path}: metadata {META_STATE} declares {size} state values per lane "
-                         f"(at most {MAX_STATE_SIZE})")  # fmt: skip
-    return specs
-
-
-def _state_spec(entry: Any) -> StateSpec:
-    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("input", "output")):
-        raise ValueError(f"each state needs 'input' and 'output' names and a 'shape', got {_short(entry)}")
-    shape = entry.get("shape")
-    if not isinstance(shape, list):
-        raise ValueError(f"state shape must be a list, got {_short(shape)}")
-    sizes = [d for d in shape if d != LANES_DIM]
-    if shape.count(LANES_DIM) != 1 or not all(type(d) is int and d > 0 for d in sizes):
-        raise ValueError(f"state shape {_short(shape)} must hold positive sizes and one {LANES_DIM!r}")
-    if math.prod(sizes) > MAX_STATE_SIZE:  # checked here too: the product of huge sizes is slow to sum
-        raise ValueError(f"state shape {_short(shape)} holds more than {MAX_STATE_SIZE} values per lane")
-    return StateSpec(input=entry["input"], output=entry["output"], shape=tuple(shape))
-
-
 class StreamingModel:
-    """A loaded streaming model: ``run(audio, states) -> (outputs, new_states)``.
+    """A loaded streaming model: ``run(audio, states) -> (outputs, new_states)``, the one streaming step.
+
+    Everything that streams audio through a kws model drives this step: the engine (:mod:`kws.runtime.engine`,
+    its steady state through :class:`BoundStep`), and the export's checks and calibration (:meth:`calls`).
 
     Args:
         path: the ONNX file (``kws.stream.onnx`` / ``kws.stream.int8.onnx``).
@@ -357,8 +191,18 @@ class StreamingModel:
     """
 
     def __init__(self, path: str | Path, threads: int = DEFAULT_THREADS) -> None:
-        self.session = make_session(path, threads)
-        self.info = read_info(self.session, path)
+        self._attach(make_session(path, threads), path)
+
+    @classmethod
+    def from_session(cls, session: ort.InferenceSession, path: str | Path = "<session>") -> StreamingModel:
+        """A model around a session made elsewhere (``path`` only names it in messages)."""
+        model = cls.__new__(cls)
+        model._attach(session, path)
+        return model
+
+    def _attach(self, session: ort.InferenceSession, path: str | Path) -> None:
+        self.session = session
+        self.info = read_info(session, path)
         if self.info.kind != KIND_STREAM or not self.info.states:
             raise ModelError(f"{path} is a {self.info.kind!r} model without recurrent state; the runtime "
                              "needs the streaming export (*.stream.onnx or *.stream.int8.onnx)")  # fmt: skip
@@ -369,7 +213,13 @@ class StreamingModel:
         """Zero states for ``lanes`` lanes, in ``info.states`` order."""
         return [s.zeros(lanes) for s in self.info.states]
 
-    def run(self, audio: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def feeds(self, audio: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The session inputs of one call (``audio`` and ``states`` as in :meth:`run`), by input name."""
+        feeds = dict(zip(self._state_inputs, states, strict=True))
+        feeds[INPUT_AUDIO] = audio
+        return feeds
+
+    def run(self, audio: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One streaming step.
 
         Args:
@@ -380,10 +230,32 @@ class StreamingModel:
             per-frame ``info.output`` (scores or logits) ``[lanes, k, n_labels]``, and the states after the
             k frames.
         """
-        feeds = dict(zip(self._state_inputs, states, strict=True))
-        feeds[INPUT_AUDIO] = audio
-        scores, *new_states = self.session.run(self._output_names, feeds)
-        return scores, new_states
+        return self._run(self.feeds(audio, states))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        outputs, *new_states = self.session.run(self._output_names, feeds)
+        return outputs, new_states
+
+    def calls(self, chunks: Iterable[np.ndarray], lanes: int = 1) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Consecutive steps of one stream from zero state, each fed the states the previous one returned.
+
+        Args:
+            chunks: the audio of each call, ``[context_samples + k * hop_samples]`` samples (``k >= 1`` may
+                change from call to call), converted to float32 ``[1, n]``.
+            lanes: independent states run over the same audio.
+
+        Yields:
+            per call: its feeds (:meth:`feeds`) and its per-frame outputs ``[lanes, k, n_labels]``.
+        """
+        states = self.initial_states(lanes)
+        for chunk in chunks:
+            feeds = self.feeds(np.asarray(chunk, np.float32).reshape(1, -1), states)
+            outputs, states = self._run(feeds)
+            yield feeds, outputs
+
+    def frame_outputs(self, chunks: Iterable[np.ndarray], lanes: int = 1) -> np.ndarray:
+        """Per-frame outputs ``[lanes, frames, n_labels]`` of all :meth:`calls` of ``chunks`` together."""
+        return np.concatenate([outputs for _, outputs in self.calls(chunks, lanes)], axis=1)
 
 
 class BoundStep:
@@ -450,7 +322,7 @@ class BoundStep:
         try:
             scores, new_states = self.model.run(np.zeros_like(self.audio), self.states)
         except Exception as exc:  # onnxruntime errors (wrong input shapes or types)
-            raise ModelError(f"{info.path}: a streaming call failed: {_first_line(exc)}") from None
+            raise ModelError(f"{info.path}: a streaming call failed: {first_line(exc)}") from None
         problems = []
         names = [info.output, *(s.output for s in info.states)]
         for name, got, want in zip(names, [scores, *new_states], [self.outputs, *self.states], strict=True):

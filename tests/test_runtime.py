@@ -27,6 +27,7 @@ import soundfile as sf
 from onnx import TensorProto, helper, numpy_helper
 
 from kws import constants as C
+from kws import format as F
 from kws.audio import AudioError
 from kws.cli import main as cli_main
 from kws.config import ConfigError
@@ -73,20 +74,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _metadata(kind: str = "stream", labels=LABELS, hidden: int = STATE_SIZE, layers: int = LAYERS) -> dict:
     state = [
-        {"input": C.STATE_H_IN, "output": C.STATE_H_OUT, "shape": [layers, "lanes", hidden]},
-        {"input": C.STATE_C_IN, "output": C.STATE_C_OUT, "shape": [layers, "lanes", hidden]},
+        {"input": F.STATE_H_IN, "output": F.STATE_H_OUT, "shape": [layers, "lanes", hidden]},
+        {"input": F.STATE_C_IN, "output": F.STATE_C_OUT, "shape": [layers, "lanes", hidden]},
     ]
     return {
-        C.META_FORMAT: C.META_FORMAT_VERSION,
-        C.META_KIND: kind,
-        C.META_LABELS: json.dumps(list(labels)),
-        C.META_SAMPLE_RATE: str(RATE),
-        C.META_CLIP_SAMPLES: str(RATE),
-        C.META_WINDOW_SAMPLES: str(WINDOW),
-        C.META_HOP_SAMPLES: str(HOP),
-        C.META_STATE: json.dumps(state),
-        C.META_QUANTIZATION: "none",
-        C.META_VERSION: "test",
+        F.META_FORMAT: F.META_FORMAT_VERSION,
+        F.META_KIND: kind,
+        F.META_LABELS: json.dumps(list(labels)),
+        F.META_SAMPLE_RATE: str(RATE),
+        F.META_CLIP_SAMPLES: str(RATE),
+        F.META_WINDOW_SAMPLES: str(WINDOW),
+        F.META_HOP_SAMPLES: str(HOP),
+        F.META_STATE: json.dumps(state),
+        F.META_QUANTIZATION: "none",
+        F.META_VERSION: "test",
     }
 
 
@@ -102,14 +103,14 @@ def _save(graph: onnx.GraphProto, path: Path, metadata: dict) -> Path:
 def _io(hidden: int, layers: int) -> tuple[list, list]:
     f = TensorProto.FLOAT
     inputs = [
-        helper.make_tensor_value_info(C.INPUT_AUDIO, f, [1, "samples"]),
-        helper.make_tensor_value_info(C.STATE_H_IN, f, [layers, "lanes", hidden]),
-        helper.make_tensor_value_info(C.STATE_C_IN, f, [layers, "lanes", hidden]),
+        helper.make_tensor_value_info(F.INPUT_AUDIO, f, [1, "samples"]),
+        helper.make_tensor_value_info(F.STATE_H_IN, f, [layers, "lanes", hidden]),
+        helper.make_tensor_value_info(F.STATE_C_IN, f, [layers, "lanes", hidden]),
     ]
     outputs = [
-        helper.make_tensor_value_info(C.OUTPUT_SCORES, f, ["lanes", "frames", "labels"]),
-        helper.make_tensor_value_info(C.STATE_H_OUT, f, [layers, "lanes", hidden]),
-        helper.make_tensor_value_info(C.STATE_C_OUT, f, [layers, "lanes", hidden]),
+        helper.make_tensor_value_info(F.OUTPUT_SCORES, f, ["lanes", "frames", "labels"]),
+        helper.make_tensor_value_info(F.STATE_H_OUT, f, [layers, "lanes", hidden]),
+        helper.make_tensor_value_info(F.STATE_C_OUT, f, [layers, "lanes", hidden]),
     ]
     return inputs, outputs
 
@@ -123,12 +124,12 @@ def _lanes_broadcast(scores_2d: str, nodes: list) -> None:
     nodes += [
         _const("one_axis", np.array([0], np.int64)),
         helper.make_node("Unsqueeze", [scores_2d, "one_axis"], ["scores_1"]),
-        helper.make_node("Shape", [C.STATE_H_IN], ["h_shape"]),
+        helper.make_node("Shape", [F.STATE_H_IN], ["h_shape"]),
         _const("lane_index", np.array([1], np.int64)),
         helper.make_node("Gather", ["h_shape", "lane_index"], ["lanes"], axis=0),
         _const("ones_2", np.array([1, 1], np.int64)),
         helper.make_node("Concat", ["lanes", "ones_2"], ["expand_shape"], axis=0),
-        helper.make_node("Expand", ["scores_1", "expand_shape"], [C.OUTPUT_SCORES]),
+        helper.make_node("Expand", ["scores_1", "expand_shape"], [F.OUTPUT_SCORES]),
     ]
 
 
@@ -147,7 +148,7 @@ def make_level_model(path: Path, metadata: dict | None = None, rename_input: str
         _const("ctx", np.array([CONTEXT], np.int64)),
         _const("end", np.array([2**62], np.int64)),
         _const("axis1", np.array([1], np.int64)),
-        helper.make_node("Slice", [C.INPUT_AUDIO, "ctx", "end", "axis1"], ["new"]),
+        helper.make_node("Slice", [F.INPUT_AUDIO, "ctx", "end", "axis1"], ["new"]),
         _const("hop_shape", np.array([-1, HOP], np.int64)),
         helper.make_node("Reshape", ["new", "hop_shape"], ["hops"]),
         helper.make_node("ReduceMean", ["hops"], ["level"], axes=[1], keepdims=1),
@@ -157,16 +158,16 @@ def make_level_model(path: Path, metadata: dict | None = None, rename_input: str
         _const("gain", np.array(-GAIN, np.float32)),
         helper.make_node("Mul", ["d2", "gain"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["post"], axis=-1),
-        helper.make_node("Identity", [C.STATE_H_IN], [C.STATE_H_OUT]),
+        helper.make_node("Identity", [F.STATE_H_IN], [F.STATE_H_OUT]),
         helper.make_node("Shape", ["hops"], ["hops_shape"], end=1),
         helper.make_node("Cast", ["hops_shape"], ["k"], to=TensorProto.FLOAT),
-        helper.make_node("Add", [C.STATE_C_IN, "k"], [C.STATE_C_OUT]),
+        helper.make_node("Add", [F.STATE_C_IN, "k"], [F.STATE_C_OUT]),
     ]
     _lanes_broadcast("post", nodes)
     inputs, outputs = _io(STATE_SIZE, LAYERS)
     if rename_input:
         inputs[1] = helper.make_tensor_value_info(rename_input, TensorProto.FLOAT, [LAYERS, "lanes", STATE_SIZE])
-        nodes[13] = helper.make_node("Identity", [rename_input], [C.STATE_H_OUT])
+        nodes[13] = helper.make_node("Identity", [rename_input], [F.STATE_H_OUT])
         nodes[-6] = helper.make_node("Shape", [rename_input], ["h_shape"])
     graph = helper.make_graph(nodes, "level", inputs, outputs)
     return _save(graph, path, _metadata() if metadata is None else metadata)
@@ -228,7 +229,7 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
     """
     hid, layers = weights.hidden, weights.layers
     nodes = [
-        helper.make_node("Shape", [C.INPUT_AUDIO], ["a_shape"], start=1, end=2),
+        helper.make_node("Shape", [F.INPUT_AUDIO], ["a_shape"], start=1, end=2),
         helper.make_node("Squeeze", ["a_shape"], ["n"]),
         _const("win", np.array(WINDOW, np.int64)),
         _const("hop", np.array(HOP, np.int64)),
@@ -244,7 +245,7 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
         helper.make_node("Range", ["zero", "win", "one"], ["offs"]),
         helper.make_node("Add", ["starts2", "offs"], ["idx"]),
         _const("row", np.array([0], np.int64)),
-        helper.make_node("Squeeze", [C.INPUT_AUDIO, "row"], ["flat"]),
+        helper.make_node("Squeeze", [F.INPUT_AUDIO, "row"], ["flat"]),
         helper.make_node("Gather", ["flat", "idx"], ["frames"], axis=0),
         _const("proj", weights.proj),
         helper.make_node("MatMul", ["frames", "proj"], ["p"]),
@@ -253,7 +254,7 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
         helper.make_node("Add", ["p2", "eps"], ["p2e"]),
         helper.make_node("Log", ["p2e"], ["feats"]),
         helper.make_node("Unsqueeze", ["feats", "col"], ["x1"]),
-        helper.make_node("Shape", [C.STATE_H_IN], ["h_shape"], start=1, end=2),
+        helper.make_node("Shape", [F.STATE_H_IN], ["h_shape"], start=1, end=2),
         _const("one1", np.array([1], np.int64)),
         helper.make_node("Concat", ["one1", "h_shape", "one1"], ["x_shape"], axis=0),
         helper.make_node("Expand", ["x1", "x_shape"], ["x_0"]),
@@ -263,8 +264,8 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
         nodes += [
             _const(f"s{layer}", np.array([layer], np.int64)),
             _const(f"e{layer}", np.array([layer + 1], np.int64)),
-            helper.make_node("Slice", [C.STATE_H_IN, f"s{layer}", f"e{layer}", "row"], [f"h0_{layer}"]),
-            helper.make_node("Slice", [C.STATE_C_IN, f"s{layer}", f"e{layer}", "row"], [f"c0_{layer}"]),
+            helper.make_node("Slice", [F.STATE_H_IN, f"s{layer}", f"e{layer}", "row"], [f"h0_{layer}"]),
+            helper.make_node("Slice", [F.STATE_C_IN, f"s{layer}", f"e{layer}", "row"], [f"c0_{layer}"]),
             _const(f"W{layer}", weights.w[layer]),
             _const(f"R{layer}", weights.r[layer]),
             _const(f"B{layer}", weights.b[layer]),
@@ -279,8 +280,8 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
         hs.append(f"hn_{layer}")
         cs.append(f"cn_{layer}")
     nodes += [
-        helper.make_node("Concat", hs, [C.STATE_H_OUT], axis=0),
-        helper.make_node("Concat", cs, [C.STATE_C_OUT], axis=0),
+        helper.make_node("Concat", hs, [F.STATE_H_OUT], axis=0),
+        helper.make_node("Concat", cs, [F.STATE_C_OUT], axis=0),
         helper.make_node("Transpose", [f"x_{layers}"], ["y_t"], perm=[1, 0, 2]),
         _const("head", weights.head),
         helper.make_node("MatMul", ["y_t", "head"], ["logits0"]),
@@ -289,16 +290,16 @@ def make_lstm_model(path: Path, weights: LstmWeights, pooling: str = "none", poo
     if pooling == "none":
         nodes += [
             helper.make_node("Add", ["logits0", "head_b"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], [C.OUTPUT_SCORES], axis=-1),
+            helper.make_node("Softmax", ["logits"], [F.OUTPUT_SCORES], axis=-1),
         ]
     else:
-        nodes.append(helper.make_node("Add", ["logits0", "head_b"], [C.OUTPUT_LOGITS]))
+        nodes.append(helper.make_node("Add", ["logits0", "head_b"], [F.OUTPUT_LOGITS]))
     inputs, outputs = _io(hid, layers)
     metadata = _metadata(hidden=hid, layers=layers)
     if pooling != "none":
-        outputs[0] = helper.make_tensor_value_info(C.OUTPUT_LOGITS, TensorProto.FLOAT, ["lanes", "k", "labels"])
-        metadata[C.META_POOLING] = pooling
-        metadata[C.META_POOL_FRAMES] = str(pool_frames)
+        outputs[0] = helper.make_tensor_value_info(F.OUTPUT_LOGITS, TensorProto.FLOAT, ["lanes", "k", "labels"])
+        metadata[F.META_POOLING] = pooling
+        metadata[F.META_POOL_FRAMES] = str(pool_frames)
     graph = helper.make_graph(nodes, "lstm", inputs, outputs)
     return _save(graph, path, metadata)
 
@@ -406,18 +407,18 @@ class TestModelContract:
         assert (info.sample_rate, info.window_samples, info.hop_samples) == (RATE, WINDOW, HOP)
         assert info.context_samples == CONTEXT
         assert [(s.input, s.output, s.shape) for s in info.states] == [
-            (C.STATE_H_IN, C.STATE_H_OUT, (LAYERS, "lanes", STATE_SIZE)),
-            (C.STATE_C_IN, C.STATE_C_OUT, (LAYERS, "lanes", STATE_SIZE)),
+            (F.STATE_H_IN, F.STATE_H_OUT, (LAYERS, "lanes", STATE_SIZE)),
+            (F.STATE_C_IN, F.STATE_C_OUT, (LAYERS, "lanes", STATE_SIZE)),
         ]
 
     def test_other_rates_and_hops_are_followed(self, tmp_path):
         meta = _metadata()
-        meta[C.META_SAMPLE_RATE] = "8000"
+        meta[F.META_SAMPLE_RATE] = "8000"
         spotter = KeywordSpotter(make_level_model(tmp_path / "m.onnx", meta), SpotterConfig(chunk_ms=200))
         assert spotter.sample_rate == 8000
         assert spotter.engine.chunk_frames == 5  # 200 ms of 40 ms hops (320 samples at 8 kHz)
 
-    @pytest.mark.parametrize("key", [C.META_LABELS, C.META_HOP_SAMPLES, C.META_STATE, C.META_FORMAT])
+    @pytest.mark.parametrize("key", [F.META_LABELS, F.META_HOP_SAMPLES, F.META_STATE, F.META_FORMAT])
     def test_missing_metadata_is_named(self, tmp_path, key):
         meta = _metadata()
         del meta[key]
