@@ -45,7 +45,8 @@ class TestSplitRule:
 
     def test_splits_speaker_disjoint_across_roots(self, full_dataset: Path, test_archive: Path) -> None:
         corpus = load_corpus(DataConfig(roots=(str(full_dataset), str(test_archive))))
-        assert set(corpus.layouts) == {"full", "archive"}
+        assert set(corpus.layouts) == {"full", "archive"} and corpus.split_mode == "speaker-hash"  # auto, resolved
+        assert load_corpus(DataConfig(roots=(str(full_dataset),))).split_mode == "official"
         seen: dict[str, set[str]] = {}
         for clip in corpus.clips:
             seen.setdefault(clip.speaker, set()).add(clip.split)
