@@ -13,8 +13,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from kws.export.pipeline import ExportPaths
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
@@ -69,28 +73,22 @@ def run_checked(command: list[str], timeout: float, **kwargs) -> subprocess.Comp
     return result
 
 
-_exported: dict[tuple[Path, str], Path] = {}
+_exports: dict[Path, ExportPaths] = {}
+
+
+def tiny_export_files(checkpoint: Path, out_dir: Path) -> ExportPaths:
+    """The four ONNX files of ``checkpoint`` (``kws.export.pipeline.export_files``: clip and streaming, fp32
+    and dynamic int8, as ``ExportPaths``), written to ``out_dir`` the first time; later calls in the session
+    return the same files (and ignore ``out_dir``)."""
+    if checkpoint not in _exports:
+        from kws.export.pipeline import export_files
+
+        _exports[checkpoint] = export_files(checkpoint, out_dir)
+    return _exports[checkpoint]
 
 
 def export_stream_model(checkpoint: Path, out_dir: Path, int8: bool = False) -> Path:
-    """The streaming ONNX model of ``checkpoint`` (fp32, or dynamic int8 with ``int8``), written to
-    ``out_dir`` the first time; later calls in the session return the same file."""
-    key = (checkpoint, "int8" if int8 else "fp32")
-    if key not in _exported:
-        from kws.checkpoint import model_from_checkpoint
-        from kws.export.onnx_export import export_stream_model as export
-        from kws.export.onnx_export import save_model
-
-        fp32 = _exported.get((checkpoint, "fp32"))
-        if fp32 is None:
-            fp32 = out_dir / "kws.stream.onnx"
-            model, labels, _ = model_from_checkpoint(checkpoint)
-            save_model(export(model.eval(), labels), fp32)
-            _exported[(checkpoint, "fp32")] = fp32
-        if int8:
-            from kws.export.quantize import quantize_dynamic_model
-
-            path = out_dir / "kws.stream.int8.onnx"
-            quantize_dynamic_model(fp32, path)
-            _exported[key] = path
-    return _exported[key]
+    """The streaming ONNX model of ``checkpoint`` (fp32, or dynamic int8 with ``int8``) of
+    :func:`tiny_export_files`."""
+    paths = tiny_export_files(checkpoint, out_dir)
+    return paths.stream_int8 if int8 else paths.stream
