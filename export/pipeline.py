@@ -21,54 +21,73 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import re
-import shutil
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kws.audio import int16_to_float
-from kws.checkpoint import model_from_checkpoint, run_config
-from kws.config import FeatureConfig, RunConfig
-from kws.constants import SPLITS
-from kws.data import DataError, build_split, detect_layout, load_corpus
-from kws.evaluate import evaluation_data_config, resolve_split_mode
+from kws.config import FeatureConfig
 from kws.export import checks as ck
-from kws.export.onnx_export import (
-    ExportError,
-    check_exportable,
-    export_clip_model,
-    export_stream_model,
-    make_readable,
-    save_model,
+from kws.export.clips import PARITY_CLIPS, SYNTHETIC_SEED, EvalSet, check_roots, load_clips, synthetic_clips
+from kws.export.files import (
+    CALIBRATION_SPLIT,
+    STAGING_INFIX,
+    Source,
+    check_data,
+    check_output_dir,
+    clean_stale_staging,
+    install,
+    load_calibration,
+    make_models,
+    open_checkpoint,
+    prepare_output,
+    reject,
+    ship,
+    staging_folder,
 )
-from kws.export.quantize import (
-    QUANT_DYNAMIC,
-    QUANT_STATIC,
-    ClipCalibrationReader,
-    StreamCalibrationReader,
-    quantize_dynamic_model,
-    quantize_static_model,
+from kws.export.options import (
+    CALIBRATION_CLIPS,
+    DEFAULT_NAME,
+    QUANT_AUTO,
+    QUANT_BOTH,
+    QUANTIZATION_CHOICES,
+    ExportOptions,
+    ExportPaths,
+    Roots,
+    as_roots,
 )
-from kws.export.synthetic import speech_like_clips
-from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir, pid_alive
+from kws.format import QUANT_DYNAMIC, QUANT_NONE, QUANT_STATIC
+from kws.io import atomic_write, clean_stale_temporaries, make_readable
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NAME = "kws"
-QUANT_AUTO, QUANT_BOTH, QUANT_NONE = "auto", "both", "none"
-QUANTIZATION_CHOICES: tuple[str, ...] = (QUANT_AUTO, QUANT_DYNAMIC, "static", QUANT_BOTH, QUANT_NONE)
-
-CALIBRATION_CLIPS = 200
-"""Default number of real clips calibrating the static quantization (spread over the classes)."""
-
-PARITY_CLIPS = 24
-"""Clips in the float parity and streaming checks (real clips when a data folder is given)."""
+__all__ = [
+    "CALIBRATION_CLIPS",
+    "DEFAULT_NAME",
+    "PARITY_CLIPS",
+    "QUANT_AUTO",
+    "QUANT_BOTH",
+    "QUANT_NONE",
+    "QUANTIZATION_CHOICES",
+    "STAGING_INFIX",
+    "SYNTHETIC_SEED",
+    "EvalSet",
+    "ExportOptions",
+    "ExportPaths",
+    "ExportResult",
+    "Roots",
+    "as_roots",
+    "check_output_dir",
+    "check_roots",
+    "choose_quantization",
+    "clean_stale_staging",
+    "export_checkpoint",
+    "export_files",
+    "load_clips",
+    "sign_test",
+    "synthetic_clips",
+]
 
 REFERENCE_CLIPS = 2
 """Clips run through the (slow, pure-Python) ONNX reference evaluator."""
@@ -82,38 +101,6 @@ disagree gives a p-value below this (on a few hundred clips, one clip is a third
 
 CHOICE_SPEEDUP = 0.9
 """Static QDQ is shipped on equal quality only if its streaming call takes less than this times dynamic's."""
-
-EVAL_SEED_OFFSET = 0
-SYNTHETIC_SEED = 1234
-
-STAGING_INFIX = ".export-"
-"""Staging folders are ``.NAME.export-PID-XXXXXXXX`` (PID: the exporting process)."""
-_STAGING = re.compile(r"^\..+\.export-(?P<rest>.+)$")
-
-Roots = str | Path | Sequence[str | Path] | None
-"""One Speech Commands folder, several, or none."""
-
-
-@dataclass(frozen=True)
-class ExportPaths:
-    """The four files of an export (``NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx``, ...)."""
-
-    clip: Path
-    stream: Path
-    clip_int8: Path
-    stream_int8: Path
-
-    @classmethod
-    def under(cls, folder: Path, name: str) -> ExportPaths:
-        return cls(
-            folder / f"{name}.onnx",
-            folder / f"{name}.stream.onnx",
-            folder / f"{name}.int8.onnx",
-            folder / f"{name}.stream.int8.onnx",
-        )
-
-    def existing(self) -> list[Path]:
-        return [p for p in (self.clip, self.stream, self.clip_int8, self.stream_int8) if p.exists()]
 
 
 @dataclass
@@ -153,156 +140,6 @@ class ExportResult:
                 f"{failed} check(s) FAILED: nothing installed; the files and the report are in {self.rejected_dir}"
             )
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class _Options:
-    name: str
-    threads: int
-    timing: bool
-    per_channel: bool
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """Labelled (or unlabelled) float32 clips ``[n, clip_samples]``."""
-
-    audio: np.ndarray
-    labels: np.ndarray | None
-    source: str
-
-
-# ------------------------------------------------------------------------------------------------- inputs
-
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def clean_stale_staging(out_dir: Path) -> list[Path]:
-    """Remove the staging folders (``.NAME.export-PID-*``) that killed exports left in ``out_dir``.
-
-    A folder whose process is still running (another ``kws export`` into the same folder) is left alone; one
-    without a process id in its name (made before names carried one) counts as stale. Returns the folders
-    removed; one log line lists them.
-    """
-    removed: list[tuple[Path, int]] = []
-    for path in sorted(Path(out_dir).iterdir()):
-        match = _STAGING.match(path.name)
-        if match is None or not path.is_dir() or path.is_symlink():
-            continue
-        pid = match["rest"].split("-", 1)[0]
-        if pid.isdigit() and pid_alive(int(pid)):
-            continue
-        size = _size(path)
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            removed.append((path, size))
-    if removed:
-        logger.info(
-            "removed %d staging folder(s) left in %s by an interrupted kws export: %s",
-            len(removed),
-            out_dir,
-            ", ".join(f"{p.name} ({n / 2**20:.1f} MiB)" for p, n in removed),
-        )
-    return [p for p, _ in removed]
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed and make sure a file can be created in it (ExportError otherwise)."""
-    ensure_writable_dir(out_dir, ExportError)
-
-
-def as_roots(value: Roots) -> tuple[Path, ...]:
-    """``--data``/``--calibration`` as a tuple of folders (one folder, several, or none)."""
-    if value is None:
-        return ()
-    if isinstance(value, (str, Path)):
-        value = [value]
-    return tuple(Path(v).expanduser() for v in value)
-
-
-def check_roots(roots: Sequence[Path]) -> None:
-    """Each folder exists and is a Speech Commands folder (DataError naming the problem otherwise)."""
-    for root in roots:
-        detect_layout(root)
-
-
-def _names(roots: Sequence[Path]) -> str:
-    return ", ".join(str(r) for r in roots)
-
-
-def load_clips(
-    payload: dict[str, Any],
-    roots: Sequence[Path],
-    split: str,
-    limit: int,
-    seed: int,
-    split_mode: str = "auto",
-    fallback: bool = False,
-) -> EvalSet:
-    """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of Speech Commands folders.
-
-    Read with :mod:`kws.data`, the checkpoint's data rules and labels (words outside them are ``_unknown_``)
-    and the split rule of the checkpoint's own training (:func:`kws.evaluate.resolve_split_mode`). With
-    ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded).
-
-    Args:
-        fallback: if ``split`` is empty, use every split (calibration clips need not be held out) and say so.
-
-    Raises:
-        DataError: no clips (of ``split``, unless ``fallback``).
-    """
-    from kws.dataset import load_noises, load_split
-
-    config = run_config(payload)
-    labels = list(payload["labels"])
-    mode, _ = resolve_split_mode(payload, split_mode, split)
-    data_config = evaluation_data_config(config, roots)
-    corpus = load_corpus(data_config, mode)
-    if mode == "auto":
-        mode = "speaker-hash" if "archive" in corpus.layouts else "official"
-    splits = SPLITS if split == "all" else (split,)
-    examples = [e for s in splits for e in build_split(corpus, labels, s, data_config, seed)]
-    used = split
-    if not examples and fallback and split != "all":
-        logger.warning("%s hold no %s clips of these labels; using every split", _names(roots), split)
-        examples = [e for s in SPLITS for e in build_split(corpus, labels, s, data_config, seed)]
-        used = "every split"
-    if not examples:
-        hint = "" if split == "all" else " (--split all scores every clip)"
-        raise DataError(f"{_names(roots)} hold no {split} clips of the labels {', '.join(labels)}{hint}")
-    if 0 < limit < len(examples):
-        rng = np.random.default_rng(seed)
-        by_label: dict[int, list[int]] = {}
-        for i in rng.permutation(len(examples)):
-            by_label.setdefault(examples[i].label, []).append(int(i))
-        order = [i for group in zip(*_padded(list(by_label.values())), strict=True) for i in group if i >= 0]
-        examples = [examples[i] for i in sorted(order[:limit])]
-    noises = load_noises(corpus, config.features.sample_rate) if any(e.path is None for e in examples) else []
-    data = load_split(
-        examples,
-        corpus,
-        noises,
-        config.features.sample_rate,
-        config.features.clip_samples,
-        desc=f"reading {split} clips",
-    )
-    if len(data) == 0:
-        raise DataError(f"no readable clips in {_names(roots)}")
-    rule = "" if split == "all" else f", split mode {mode}"
-    return EvalSet(int16_to_float(data.audio), data.labels, f"{_names(roots)} ({used}, {len(data)} clips{rule})")
-
-
-def _padded(groups: list[list[int]]) -> list[list[int]]:
-    longest = max(len(g) for g in groups)
-    return [g + [-1] * (longest - len(g)) for g in groups]
-
-
-def synthetic_clips(clip_samples: int, sample_rate: int, count: int, seed: int = SYNTHETIC_SEED) -> np.ndarray:
-    """float32 ``[count, clip_samples]``: speech-like words over a recording noise floor, background noise and
-    zero-padded short recordings (:mod:`kws.export.synthetic`), the parity clips when no real clips are given."""
-    return speech_like_clips(clip_samples, sample_rate, count, seed)
 
 
 # --------------------------------------------------------------------------------------------- decision
@@ -354,6 +191,38 @@ def choose_quantization(metrics: dict[str, dict[str, Any]]) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------------------- main
 
 
+def export_files(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions | None = None) -> ExportPaths:
+    """Write ``OUT/NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx`` and ``NAME.stream.int8.onnx`` from
+    ``checkpoint``, with no parity check and no measurement (``kws export`` checks them: export_checkpoint).
+
+    The int8 files are dynamic quantization unless ``options.quantization`` is ``static`` (calibrated on the
+    training split of ``options.calibration``); ``none`` makes the float files only. Nothing is chosen, so
+    ``auto`` and ``both`` make dynamic. ``data``, ``split``, ``eval_clips``, ``threads`` and ``timing`` are not
+    used. The files appear at their final names all together (staging folder, then ``os.replace``); the
+    runtime needs nothing else (the models carry their metadata).
+
+    Returns:
+        the final paths (the int8 ones do not exist with ``quantization="none"``).
+
+    Raises:
+        KWSError (CheckpointError, DataError, ExportError): bad inputs, before any slow work.
+    """
+    options = options if options is not None else ExportOptions()
+    source = open_checkpoint(checkpoint)
+    variant = options.files_variant
+    static = variant == QUANT_STATIC
+    check_data(source, [(options.calibration if static else (), CALIBRATION_SPLIT)], options.split_mode)
+    out_dir = prepare_output(out_dir)
+    calibration = load_calibration(source, options).audio if static else None
+    with staging_folder(out_dir, options.name) as staging:
+        staged, candidates = make_models(
+            staging, source, options.name, [variant] if variant else [], calibration, options.per_channel
+        )
+        if variant:
+            ship(candidates[variant], staged)
+        return install(staged, ExportPaths.under(out_dir, options.name))
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -372,64 +241,31 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_dir``: float and int8, whole-clip and streaming, all checked.
 
-    Args:
-        name: file stem: ``NAME.onnx``, ``NAME.stream.onnx``, ``NAME.int8.onnx``, ``NAME.stream.int8.onnx``.
-        calibration: Speech Commands folder(s) whose training clips calibrate the static quantization (and serve
-            as real parity clips when ``data`` is not given).
-        data: Speech Commands folder(s) whose ``split`` clips measure accuracy (PyTorch, fp32, int8).
-        split_mode: how ``data`` and ``calibration`` are split: ``auto`` is the rule of the checkpoint's
-            training; a mode that contradicts it is refused (:func:`kws.evaluate.resolve_split_mode`).
-        quantization: ``auto`` (both when ``calibration`` is given, else dynamic), ``dynamic``, ``static``,
-            ``both`` (make both, ship the better one) or ``none`` (float files only).
-        calibration_clips, eval_clips: clip limits (``eval_clips=0``: the whole split).
-        threads: intra-op threads for the latency measurements.
-        timing: measure latencies (the tests turn this off).
-        per_channel: dynamic quantization with one weight scale per LSTM gate row (a little closer to float,
-            ~4% larger file) instead of one per matrix.
-
     Raises:
         KWSError (CheckpointError, DataError, ExportError): bad inputs, before any slow work.
     """
-    if quantization not in QUANTIZATION_CHOICES:
-        raise ExportError(f"unknown quantization {quantization!r} (choose from {', '.join(QUANTIZATION_CHOICES)})")
-    calibration_roots, data_roots = as_roots(calibration), as_roots(data)
-    if quantization == "static" and not calibration_roots:
-        raise ExportError("static quantization needs calibration clips: add --calibration DATA")
-    if quantization == QUANT_BOTH and not calibration_roots:
-        raise ExportError("--quantization both makes a static variant, which needs --calibration DATA")
-    if threads < 1 or calibration_clips < 1 or eval_clips < 0:
-        raise ExportError("need threads >= 1, calibration clips >= 1 and eval clips >= 0")
-    if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"invalid file name stem {name!r}")
-    out_dir = Path(out_dir).expanduser()
-    model, labels, payload = model_from_checkpoint(checkpoint)
-    config = run_config(payload)
-    check_exportable(config.model)
-    check_roots(calibration_roots + data_roots)
-    for roots, what in ((data_roots, split), (calibration_roots, "train")):
-        if roots:
-            resolve_split_mode(payload, split_mode, what)  # a contradicting split mode, before any slow work
-    check_output_dir(out_dir)
-    clean_stale_staging(out_dir)
-    clean_stale_temporaries(out_dir, names=[f"{name}.export.json"])  # a report write that was killed
-    if quantization == QUANT_AUTO:
-        quantization = QUANT_BOTH if calibration_roots else QUANT_DYNAMIC
-    variants = {
-        QUANT_BOTH: [QUANT_DYNAMIC, QUANT_STATIC],
-        QUANT_DYNAMIC: [QUANT_DYNAMIC],
-        "static": [QUANT_STATIC],
-        QUANT_NONE: [],
-    }[quantization]
-
-    seed = config.train.seed + EVAL_SEED_OFFSET
-    features = config.features
-    evaluation = payload.get("evaluation")
-    eval_set = load_clips(payload, data_roots, split, eval_clips, seed, split_mode) if data_roots else None
-    calib_set = (
-        load_clips(payload, calibration_roots, "train", calibration_clips, seed, split_mode, fallback=True)
-        if calibration_roots
-        else None
+    options = ExportOptions(
+        name=name,
+        quantization=quantization,
+        calibration=as_roots(calibration),
+        calibration_clips=calibration_clips,
+        data=as_roots(data),
+        split=split,
+        split_mode=split_mode,
+        eval_clips=eval_clips,
+        threads=threads,
+        timing=timing,
+        per_channel=per_channel,
     )
+    source = open_checkpoint(checkpoint)
+    check_data(source, [(options.data, split), (options.calibration, CALIBRATION_SPLIT)], split_mode)
+    out_dir = prepare_output(out_dir)
+    clean_stale_temporaries(out_dir, names=[f"{name}.export.json"])  # a report write that was killed
+    features = source.config.features
+    eval_set = (
+        load_clips(source.payload, options.data, split, eval_clips, source.seed, split_mode) if options.data else None
+    )
+    calib_set = load_calibration(source, options) if options.calibration else None
     real = eval_set if eval_set is not None else calib_set
     if real is not None:
         parity = real.audio[np.unique(np.linspace(0, len(real.audio) - 1, PARITY_CLIPS).round().astype(int))]
@@ -439,52 +275,32 @@ def export_checkpoint(
         parity_source = "synthetic speech-like clips"
     logger.info("parity clips: %s", parity_source)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGING_INFIX}{os.getpid()}-", dir=out_dir))
-    try:
-        options = _Options(name=name, threads=threads, timing=timing, per_channel=per_channel)
-        result = _export_in(staging, model, labels, config, evaluation, variants, parity, eval_set, calib_set, options)
-        return _install(result, staging, out_dir, name)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with staging_folder(out_dir, name) as staging:
+        result = _export_in(staging, source, options, parity, eval_set, calib_set)
+        return _install(result, out_dir, name)
 
 
 def _export_in(
     staging: Path,
-    model: Any,
-    labels: list[str],
-    config: RunConfig,
-    evaluation: Any,
-    variants: list[str],
+    source: Source,
+    options: ExportOptions,
     parity: np.ndarray,
     eval_set: EvalSet | None,
     calib_set: EvalSet | None,
-    options: _Options,
 ) -> ExportResult:
     name, threads, timing = options.name, options.threads, options.timing
-    features = config.features
+    model = source.model
+    features = source.config.features
     ctx, hop = features.context_samples, features.hop_samples
-    pooling = config.model.pooling
-    staged = ExportPaths.under(staging, name)
-    logger.info("exporting the whole-clip model")
-    save_model(export_clip_model(model, labels, evaluation), staged.clip)
-    logger.info("exporting the streaming model")
-    save_model(export_stream_model(model, labels, evaluation), staged.stream)
-
-    candidates: dict[str, ExportPaths] = {}
-    for variant in variants:
-        paths = ExportPaths.under(staging / variant, name)
-        paths.clip.parent.mkdir()
-        logger.info("int8 %s quantization", variant)
-        if variant == QUANT_DYNAMIC:
-            quantize_dynamic_model(staged.clip, paths.clip_int8, options.per_channel)
-            quantize_dynamic_model(staged.stream, paths.stream_int8, options.per_channel)
-        else:
-            assert calib_set is not None
-            quantize_static_model(staged.clip, paths.clip_int8, ClipCalibrationReader(calib_set.audio))
-            reader = StreamCalibrationReader(staged.stream, calib_set.audio, ctx, hop)
-            quantize_static_model(staged.stream, paths.stream_int8, reader)
-        candidates[variant] = paths
+    pooling = source.config.model.pooling
+    staged, candidates = make_models(
+        staging,
+        source,
+        name,
+        options.variants,
+        calib_set.audio if calib_set is not None else None,
+        options.per_channel,
+    )
 
     logger.info("checking")
     checks = ck.check_structure(staged.clip) + ck.check_structure(staged.stream)
@@ -493,7 +309,7 @@ def _export_in(
     torch_parity = ck.torch_clip_scores(model, parity)
     onnx_parity = ck.onnx_clip_scores(clip_fp32, parity)
     checks += ck.compare_scores("fp32 parity", f"{staged.clip.name} vs PyTorch", onnx_parity, torch_parity)
-    checks += ck.check_streaming(stream_fp32, onnx_parity, parity, ctx, hop, pooling, staged.stream.name)
+    checks += ck.check_streaming(stream_fp32, onnx_parity, parity, staged.stream.name)
     checks.append(ck.check_reference(staged.clip, {"audio": parity[:REFERENCE_CLIPS]}))
     checks.append(ck.check_reference(staged.stream, ck.stream_feeds(staged.stream, parity[0], ctx, hop)))
 
@@ -511,13 +327,11 @@ def _export_in(
     if labelled:
         rows[0].accuracy = ck.accuracy(ck.torch_clip_scores(model, eval_set.audio), eval_set.labels)
         rows[1].accuracy = ck.accuracy(ck.onnx_clip_scores(clip_fp32, eval_set.audio), eval_set.labels)
-        rows[1].stream_accuracy = ck.accuracy(
-            ck.stream_scores(stream_fp32, eval_set.audio, ctx, hop, pooling), eval_set.labels
-        )
+        rows[1].stream_accuracy = ck.accuracy(ck.streamed_clip_scores(stream_fp32, eval_set.audio), eval_set.labels)
     if timing:
         rows[0].clip_ms = 1e3 * ck.clip_latency_torch(model, parity[0], threads)
         rows[1].clip_ms = 1e3 * ck.clip_latency_onnx(clip_fp32, parity[0])
-        rows[1].stream_us = 1e6 * ck.stream_call_latency(stream_fp32, ctx, hop)
+        rows[1].stream_us = 1e6 * ck.stream_call_latency(stream_fp32)
 
     metrics: dict[str, dict[str, Any]] = {}
     variant_checks: dict[str, list[ck.Check]] = {}
@@ -531,8 +345,7 @@ def _export_in(
 
     if metrics:
         chosen, reason = choose_quantization(metrics)
-        shutil.copyfile(candidates[chosen].clip_int8, staged.clip_int8)
-        shutil.copyfile(candidates[chosen].stream_int8, staged.stream_int8)
+        ship(candidates[chosen], staged)
     else:
         chosen, reason = QUANT_NONE, "--quantization none"
     for variant, found in variant_checks.items():  # a variant that is not shipped cannot fail the export
@@ -555,10 +368,9 @@ def _measure_variant(
     pooling: str, threads: int, timing: bool,
 ) -> tuple[ck.ModelRow, list[ck.Check], dict[str, Any]]:  # fmt: skip
     """The table row, the checks and the decision metrics of one int8 variant."""
-    ctx, hop = features.context_samples, features.hop_samples
     clip_q, stream_q = ck.session(paths.clip_int8, threads), ck.session(paths.stream_int8, threads)
     q_parity = ck.onnx_clip_scores(clip_q, parity)
-    q_stream_parity = ck.stream_scores(stream_q, parity, ctx, hop, pooling)
+    q_stream_parity = ck.streamed_clip_scores(stream_q, parity)
     row = ck.ModelRow(
         f"ONNX int8 {variant}",
         paths.clip_int8.name,
@@ -568,14 +380,14 @@ def _measure_variant(
     )
     if eval_set is not None:
         row.accuracy = ck.accuracy(ck.onnx_clip_scores(clip_q, eval_set.audio), eval_set.labels)
-        stream_eval = ck.stream_scores(stream_q, eval_set.audio, ctx, hop, pooling)
+        stream_eval = ck.streamed_clip_scores(stream_q, eval_set.audio)
         row.stream_accuracy = ck.accuracy(stream_eval, eval_set.labels)
         hits, what = stream_eval.argmax(1) == eval_set.labels, "streaming accuracy"
     else:
         hits, what = q_stream_parity.argmax(1) == onnx_parity.argmax(1), "streaming top-1 agreement with fp32"
     if timing:
         row.clip_ms = 1e3 * ck.clip_latency_onnx(clip_q, parity[0])
-        row.stream_us = 1e6 * ck.stream_call_latency(stream_q, ctx, hop)
+        row.stream_us = 1e6 * ck.stream_call_latency(stream_q)
     found = ck.check_structure(paths.clip_int8) + ck.check_structure(paths.stream_int8)
     found += ck.check_int8(f"int8 {variant} clip", fp32.clip, paths.clip_int8, fp32_row.accuracy, row.accuracy)
     found += ck.check_int8(
@@ -616,28 +428,14 @@ def _report(result: ExportResult, paths: ExportPaths) -> dict[str, Any]:
     }
 
 
-def _install(result: ExportResult, staging: Path, out_dir: Path, name: str) -> ExportResult:
+def _install(result: ExportResult, out_dir: Path, name: str) -> ExportResult:
     """Move the staged files to their final names (all checks passed) or to ``NAME.rejected/``."""
-    staged = result.paths
-    final = ExportPaths.under(out_dir, name)
-    pairs = [(s, f) for s, f in zip(vars(staged).values(), vars(final).values(), strict=True) if s.exists()]
     if result.passed:
-        made = {f for _, f in pairs}
-        for path in vars(final).values():  # e.g. int8 files of an earlier export, now made with --quantization none
-            if path not in made and path.exists():
-                logger.warning("%s is from an earlier export (this one made no such file)", path)
-        for src, dst in pairs:
-            os.replace(src, dst)
-        result.paths = final
+        result.paths = install(result.paths, ExportPaths.under(out_dir, name))
         result.report_path = out_dir / f"{name}.export.json"
     else:
         rejected = out_dir / f"{name}.rejected"
-        if rejected.exists():
-            shutil.rmtree(rejected)
-        rejected.mkdir()
-        for src, _ in pairs:
-            os.replace(src, rejected / src.name)
-        result.paths = ExportPaths.under(rejected, name)
+        result.paths = reject(result.paths, rejected, name)
         result.rejected_dir = rejected
         result.report_path = rejected / f"{name}.export.json"
     report = json.dumps(_report(result, result.paths), indent=2, default=str)

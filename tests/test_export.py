@@ -23,31 +23,6 @@ from kws import __version__  # noqa: E402
 from kws.checkpoint import save_checkpoint  # noqa: E402
 from kws.cli import main  # noqa: E402
 from kws.config import FeatureConfig, ModelConfig, RunConfig, from_dict, to_dict  # noqa: E402
-from kws.constants import (  # noqa: E402
-    INPUT_AUDIO,
-    META_CLIP_SAMPLES,
-    META_EVALUATION,
-    META_FEATURE_CONFIG,
-    META_FORMAT,
-    META_FORMAT_VERSION,
-    META_HOP_SAMPLES,
-    META_KIND,
-    META_LABELS,
-    META_MODEL_CONFIG,
-    META_POOL_FRAMES,
-    META_POOLING,
-    META_QUANTIZATION,
-    META_SAMPLE_RATE,
-    META_STATE,
-    META_VERSION,
-    META_WINDOW_SAMPLES,
-    OUTPUT_LOGITS,
-    OUTPUT_SCORES,
-    STATE_C_IN,
-    STATE_C_OUT,
-    STATE_H_IN,
-    STATE_H_OUT,
-)
 from kws.export import checks  # noqa: E402
 from kws.export.onnx_export import (  # noqa: E402
     ExportError,
@@ -71,6 +46,31 @@ from kws.export.streaming import (  # noqa: E402
     run_stream,
     stream_chunks,
     zero_states,
+)
+from kws.format import (  # noqa: E402
+    INPUT_AUDIO,
+    META_CLIP_SAMPLES,
+    META_EVALUATION,
+    META_FEATURE_CONFIG,
+    META_FORMAT,
+    META_FORMAT_VERSION,
+    META_HOP_SAMPLES,
+    META_KIND,
+    META_LABELS,
+    META_MODEL_CONFIG,
+    META_POOL_FRAMES,
+    META_POOLING,
+    META_QUANTIZATION,
+    META_SAMPLE_RATE,
+    META_STATE,
+    META_VERSION,
+    META_WINDOW_SAMPLES,
+    OUTPUT_LOGITS,
+    OUTPUT_SCORES,
+    STATE_C_IN,
+    STATE_C_OUT,
+    STATE_H_IN,
+    STATE_H_OUT,
 )
 from kws.model import KWSModel  # noqa: E402
 from support.synthetic import KEYWORDS, synth_clip  # noqa: E402
@@ -389,11 +389,10 @@ class TestInt8:
 
     def test_static_qdq_is_calibrated_and_close(self, tiny, tmp_path):
         _, config, files = tiny
-        f = config.features
         calibration = word_clips(6, seed=11)
         clip_out, stream_out = tmp_path / "c.int8.onnx", tmp_path / "s.int8.onnx"
         quantize_static_model(files["clip"], clip_out, ClipCalibrationReader(calibration))
-        reader = StreamCalibrationReader(files["stream"], calibration, f.context_samples, f.hop_samples)
+        reader = StreamCalibrationReader(files["stream"], calibration)
         quantize_static_model(files["stream"], stream_out, reader)
         for path in (clip_out, stream_out):
             model = onnx.load(str(path))

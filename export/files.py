@@ -1,0 +1,252 @@
+"""The steps :func:`kws.export.pipeline.export_files` and :func:`~kws.export.pipeline.export_checkpoint` share.
+
+Open the checkpoint, check the data folders, prepare the output folder, make the float and int8 models in a
+private staging folder, and move them into place.
+
+Nothing is written at the final names until every file exists: the files are made in a private staging folder
+inside the output folder (``.NAME.export-PID-XXXXXXXX/``) and moved into place with ``os.replace`` (atomic per
+file). A staging folder left by a killed export (its process is gone) is removed, with a log line, the next
+time an export writes into that folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kws.checkpoint import model_from_checkpoint, run_config
+from kws.config import RunConfig
+from kws.evaluate import resolve_split_mode
+from kws.export.clips import check_roots, load_clips
+from kws.export.onnx_export import ExportError, check_exportable, export_clip_model, export_stream_model, save_model
+from kws.export.options import ExportOptions, ExportPaths
+from kws.export.quantize import (
+    ClipCalibrationReader,
+    StreamCalibrationReader,
+    quantize_dynamic_model,
+    quantize_static_model,
+)
+from kws.format import QUANT_DYNAMIC, QUANT_STATIC
+from kws.io import ensure_writable_dir, pid_alive
+
+logger = logging.getLogger("kws.export.pipeline")  # the name kws export's log lines have always had
+
+STAGING_INFIX = ".export-"
+"""Staging folders are ``.NAME.export-PID-XXXXXXXX`` (PID: the exporting process)."""
+_STAGING = re.compile(r"^\..+\.export-(?P<rest>.+)$")
+
+CALIBRATION_SPLIT = "train"
+"""The split of ``--calibration`` folders whose clips calibrate static quantization."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint, loaded and known to be exportable.
+
+    Attributes:
+        model: the :class:`kws.model.KWSModel`, in eval mode.
+        labels: its labels, in score order.
+        payload: the whole checkpoint.
+        config: its run configuration.
+    """
+
+    model: Any
+    labels: list[str]
+    payload: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def evaluation(self) -> Any:
+        """The evaluation the training recorded (copied into the models' metadata), or None."""
+        return self.payload.get("evaluation")
+
+    @property
+    def seed(self) -> int:
+        """The seed the checkpoint's training split its data with (also the seed choosing subsets of clips)."""
+        return self.config.train.seed
+
+
+def open_checkpoint(checkpoint: str | Path) -> Source:
+    """Load ``checkpoint`` (CheckpointError if unusable) and check that it can be exported (ExportError)."""
+    model, labels, payload = model_from_checkpoint(checkpoint)
+    config = run_config(payload)
+    check_exportable(config.model)
+    return Source(model, labels, payload, config)
+
+
+def check_data(source: Source, roots_and_splits: Sequence[tuple[Sequence[Path], str]], split_mode: str) -> None:
+    """Each folder is a Speech Commands folder and ``split_mode`` agrees with the checkpoint, before any slow work.
+
+    Args:
+        roots_and_splits: the folders, and the split read from them (``--data``: ``--split``; ``--calibration``:
+            ``train``).
+    """
+    check_roots([root for roots, _ in roots_and_splits for root in roots])
+    for roots, split in roots_and_splits:
+        if roots:
+            resolve_split_mode(source.payload, split_mode, split)  # a contradicting split mode, before slow work
+
+
+def load_calibration(source: Source, options: ExportOptions) -> Any:
+    """The ``--calibration`` clips (an :class:`kws.export.clips.EvalSet`; its training split, else every split)."""
+    return load_clips(
+        source.payload,
+        options.calibration,
+        CALIBRATION_SPLIT,
+        options.calibration_clips,
+        source.seed,
+        options.split_mode,
+        fallback=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- staging
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def clean_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders (``.NAME.export-PID-*``) that killed exports left in ``out_dir``.
+
+    A folder whose process is still running (another ``kws export`` into the same folder) is left alone; one
+    without a process id in its name (made before names carried one) counts as stale. Returns the folders
+    removed; one log line lists them.
+    """
+    removed: list[tuple[Path, int]] = []
+    for path in sorted(Path(out_dir).iterdir()):
+        match = _STAGING.match(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        pid = match["rest"].split("-", 1)[0]
+        if pid.isdigit() and pid_alive(int(pid)):
+            continue
+        size = _size(path)
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append((path, size))
+    if removed:
+        logger.info(
+            "removed %d staging folder(s) left in %s by an interrupted kws export: %s",
+            len(removed),
+            out_dir,
+            ", ".join(f"{p.name} ({n / 2**20:.1f} MiB)" for p, n in removed),
+        )
+    return [p for p, _ in removed]
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and make sure a file can be created in it (ExportError otherwise)."""
+    ensure_writable_dir(out_dir, ExportError)
+
+
+def prepare_output(out_dir: str | Path) -> Path:
+    """``out_dir`` (``~`` expanded), created and writable, without staging folders of killed exports."""
+    out_dir = Path(out_dir).expanduser()
+    check_output_dir(out_dir)
+    clean_stale_staging(out_dir)
+    return out_dir
+
+
+@contextmanager
+def staging_folder(out_dir: Path, name: str) -> Iterator[Path]:
+    """A private folder ``out_dir/.NAME.export-PID-XXXXXXXX`` to make the files in, removed on leaving."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}{STAGING_INFIX}{os.getpid()}-", dir=out_dir))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def make_models(
+    staging: Path,
+    source: Source,
+    name: str,
+    variants: Sequence[str],
+    calibration: np.ndarray | None = None,
+    per_channel: bool = False,
+) -> tuple[ExportPaths, dict[str, ExportPaths]]:
+    """Export the float whole-clip and streaming models into ``staging`` and make each int8 variant.
+
+    Args:
+        name: the file stem.
+        variants: :data:`~kws.export.quantize.QUANT_DYNAMIC` and/or :data:`~kws.export.quantize.QUANT_STATIC`.
+        calibration: float32 ``[n, clip_samples]`` clips calibrating the static variant (needed only for it).
+        per_channel: dynamic int8 with one weight scale per LSTM gate row.
+
+    Returns:
+        the staged files (``NAME.onnx`` and ``NAME.stream.onnx`` made; the int8 names are left for the variant
+        shipped, see :func:`ship`), and each variant's files (``staging/VARIANT/NAME.int8.onnx``, ...).
+    """
+    staged = ExportPaths.under(staging, name)
+    logger.info("exporting the whole-clip model")
+    save_model(export_clip_model(source.model, source.labels, source.evaluation), staged.clip)
+    logger.info("exporting the streaming model")
+    save_model(export_stream_model(source.model, source.labels, source.evaluation), staged.stream)
+    candidates: dict[str, ExportPaths] = {}
+    for variant in variants:
+        paths = ExportPaths.under(staging / variant, name)
+        paths.clip.parent.mkdir()
+        logger.info("int8 %s quantization", variant)
+        if variant == QUANT_DYNAMIC:
+            quantize_dynamic_model(staged.clip, paths.clip_int8, per_channel)
+            quantize_dynamic_model(staged.stream, paths.stream_int8, per_channel)
+        elif variant == QUANT_STATIC and calibration is not None:
+            quantize_static_model(staged.clip, paths.clip_int8, ClipCalibrationReader(calibration))
+            reader = StreamCalibrationReader(staged.stream, calibration)
+            quantize_static_model(staged.stream, paths.stream_int8, reader)
+        else:
+            raise ExportError(f"cannot make the int8 variant {variant!r} (static needs calibration clips)")
+        candidates[variant] = paths
+    return staged, candidates
+
+
+def ship(variant: ExportPaths, staged: ExportPaths) -> None:
+    """Copy one int8 variant's files to the staged int8 names (``NAME.int8.onnx``, ``NAME.stream.int8.onnx``)."""
+    shutil.copyfile(variant.clip_int8, staged.clip_int8)
+    shutil.copyfile(variant.stream_int8, staged.stream_int8)
+
+
+def _pairs(staged: ExportPaths, final: ExportPaths) -> list[tuple[Path, Path]]:
+    return [(s, f) for s, f in zip(staged.all(), final.all(), strict=True) if s.exists()]
+
+
+def install(staged: ExportPaths, final: ExportPaths) -> ExportPaths:
+    """Move the staged files that exist to their final names (``os.replace``: atomic per file); returns ``final``.
+
+    A final file this export did not make (e.g. the int8 files of an earlier export, now exported with
+    ``--quantization none``) is left alone, with a warning.
+    """
+    pairs = _pairs(staged, final)
+    made = {f for _, f in pairs}
+    for path in final.all():
+        if path not in made and path.exists():
+            logger.warning("%s is from an earlier export (this one made no such file)", path)
+    for src, dst in pairs:
+        os.replace(src, dst)
+    return final
+
+
+def reject(staged: ExportPaths, rejected: Path, name: str) -> ExportPaths:
+    """Move the staged files that exist into ``rejected`` (emptied first; the good files are left alone)."""
+    if rejected.exists():
+        shutil.rmtree(rejected)
+    rejected.mkdir()
+    for src in staged.existing():
+        os.replace(src, rejected / src.name)
+    return ExportPaths.under(rejected, name)
