@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("kws.evaluate", "accuracy, per-class precision/recall and a confusion matrix of a checkpoint"),
     "export": ("kws.export.cli", "export a checkpoint to ONNX (whole-clip + streaming, fp32 + int8), checked"),
     "listen": ("kws.runtime.listen", "detect keywords live from a microphone, a file or stdin (no torch)"),
-    "bench": ("kws.bench", "accuracy, size, speed and streaming detection quality, side by side"),
+    "bench": ("kws.bench.cli", "accuracy, size, speed and streaming detection quality, side by side"),
 }
 
 EPILOG = """examples:

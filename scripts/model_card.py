@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from kws.bench.report import BenchReport
+
 DATA_FOLDER_FIELDS = ("roots", "extra_train", "negatives")
 """The ``data`` config fields that hold folders (``kws train`` saves them absolute, so a run resumes anywhere)."""
 
@@ -41,6 +43,31 @@ def portable_config(config: dict) -> dict:
     return {**config, "data": data}
 
 
+def evaluation_lines(bench: BenchReport) -> list[str]:
+    """The card's evaluation section, from the typed bench report (test data, accuracy of every model, the
+    streaming figures at the shipped defaults)."""
+    data, st = bench.data, bench.streaming.default
+    lines = [
+        "## Evaluation (from `kws bench`, see `BENCH.md`)",
+        "",
+        f"Test split: {data.clips} clips, {data.speakers} speakers, from "
+        + ", ".join(f"`{r}`" for r in portable_folders(list(data.roots)))
+        + ".",
+        "",
+        "| model | 12-class accuracy |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {pct(r.accuracy)} |" for name, r in bench.accuracy.items()]
+    return [
+        *lines,
+        "",
+        f"Streaming at the shipped defaults: keyword recall {pct(st.recall)}, "
+        f"{st.fa_per_hour:.1f} false accepts per hour of non-keyword audio, median latency "
+        f"{1000 * st.latency_median_s:.0f} ms after the end of the word.",
+        "",
+    ]
+
+
 def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
     from kws.checkpoint import load_checkpoint, run_config
     from kws.config import to_dict
@@ -52,7 +79,7 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
     kw_min, kw_max = min(per_class.values()), max(per_class.values())
     fewest = " and ".join(k for k, v in per_class.items() if v < 1.2 * kw_min)
     exported = json.loads(export_json.read_text())
-    bench = json.loads(bench_json.read_text())
+    bench = BenchReport.read(bench_json)
     lines = [
         "# Model card: kws shipped model (`kws/pretrained/`)",
         "",
@@ -93,32 +120,13 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         s = summary[split]
         per = ", ".join(f"{k} {v}" for k, v in s["per_class"].items())
         lines.append(f"| {split} | {s['clips']} | {s['speakers']} | {per} |")
-    data = bench["data"]
-    acc = bench["accuracy"]
-    st = bench["streaming"]["default"]
     lines += [
         "",
         "Roots: " + ", ".join(f"`{r}`" for r in portable_folders(summary["roots"])) + ". Non-keyword speech "
         "(`wake_word_negatives`, half of the files) joins `_unknown_` in training; the other half is only used by "
         "`kws bench`.",
         "",
-        "## Evaluation (from `kws bench`, see `BENCH.md`)",
-        "",
-        f"Test split: {data['clips']} clips, {data['speakers']} speakers, from "
-        + ", ".join(f"`{r}`" for r in portable_folders(data["roots"]))
-        + ".",
-        "",
-        "| model | 12-class accuracy |",
-        "|---|---|",
-    ]
-    for name, r in acc.items():
-        lines.append(f"| {name} | {pct(r['accuracy'])} |")
-    lines += [
-        "",
-        f"Streaming at the shipped defaults: keyword recall {pct(st['recall'])}, "
-        f"{st['fa_per_hour']:.1f} false accepts per hour of non-keyword audio, median latency "
-        f"{1000 * st['latency_median_s']:.0f} ms after the end of the word.",
-        "",
+        *evaluation_lines(bench),
         "## Limitations",
         "",
         f"Trained on {kw_min}-{kw_max} clips per keyword (the fewest for {fewest}) from "

@@ -1,9 +1,9 @@
-"""Long labelled test streams for streaming detection benchmarks, and the scoring of detections (torch-free).
+"""Long labelled test streams for streaming detection benchmarks: planning and rendering (torch-free).
 
 A stream is a sequence of *slots*: a gap of background noise (``GAP_SECONDS``) followed by one *event*:
 
 * a **keyword** event: a test-split keyword clip, whose spoken word's end is estimated from the clip's
-  energy envelope (:func:`word_span`);
+  energy envelope (:func:`kws.bench.words.word_span`);
 * an **unknown** event: a test-split ``_unknown_`` clip (another Speech Commands word);
 * a **negative** event: a recording of non-keyword speech (e.g. people saying other wake words), any length.
 
@@ -18,47 +18,30 @@ class-balanced subset, a longer one reuses clips (each reuse at another gain, SN
 duration is filled with non-keyword events: each ``_unknown_`` clip at most once, then negatives (reused only
 once all have been used). The events are put in a random order.
 
-Scoring (:func:`score_detections`): a detection of keyword ``k`` within ``[event start, word end +
-tolerance]`` of a not-yet-detected event of ``k`` is a hit; every other detection is a false accept.
+The ground truth of a rendered stream is a list of :class:`~kws.bench.events.StreamEvent`; scoring detections
+against it is :mod:`kws.bench.scoring`'s.
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from kws.audio import AudioError, float_to_int16, load_audio
+from kws.bench.events import KIND_KEYWORD, KIND_NEGATIVE, KIND_UNKNOWN, StreamComposition, StreamEvent
+from kws.bench.words import rms, word_span
 from kws.constants import AUDIO_EXTENSIONS
 from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
 
-KIND_KEYWORD, KIND_UNKNOWN, KIND_NEGATIVE = "keyword", "unknown", "negative"
-CONTEXT_KEYWORD_WINDOW, CONTEXT_NOISE = "keyword window", "noise"
-"""Where a false accept happened: in a keyword event's window (a wrong keyword or a repeat), in an unknown or
-negative event (or within the tolerance after it), or in background noise only."""
-
-# Word boundaries from the energy envelope.
-ENVELOPE_FRAME_SECONDS = 0.02
-ENVELOPE_HOP_SECONDS = 0.01
-WORD_DB_BELOW_PEAK = 30.0
-"""A frame belongs to speech if its energy is within this many dB of the loudest frame..."""
-WORD_DB_ABOVE_FLOOR = 10.0
-"""...and at least this many dB above the clip's noise floor (``FLOOR_PERCENTILE`` of the frame energies)."""
-FLOOR_PERCENTILE = 10.0
-WORD_MAX_INNER_GAP_SECONDS = 0.15
-"""Speech runs closer than this are one word (e.g. the closure before the final /p/ of "stop")."""
-ENERGY_EPS = 1e-10
-
-# Stream construction.
 GAP_SECONDS = (1.0, 2.0)
 """Background noise before each event: uniform in this range (s)."""
 SNR_DB = (10.0, 30.0)
@@ -79,87 +62,9 @@ FALLBACK_NOISE_SECONDS = 10.0
 SILENT_RMS = 1e-6
 """Noise recordings quieter than this (RMS) are digital silence and are not used."""
 
-# Scoring.
-MATCH_TOLERANCE_SECONDS = 1.0
-"""A keyword detected up to this long after the end of the spoken word is a hit."""
-POISSON_CONFIDENCE = 0.95
-"""Confidence of the upper bound given for false-accept rates."""
-SECONDS_PER_HOUR = 3600.0
-
 
 class StreamSetError(KWSError):
     """The stream cannot be built (no keyword clips, no readable negatives, ...)."""
-
-
-# --------------------------------------------------------------------------------------------- words
-
-
-def _rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
-
-
-@dataclass(frozen=True)
-class WordSpan:
-    """Where the spoken word is in a clip (s from the clip start), and its level.
-
-    Attributes:
-        start, end: first and last speech sample of the word (s).
-        active_rms: RMS of every speech frame of the clip (all runs above the threshold, not only the word).
-    """
-
-    start: float
-    end: float
-    active_rms: float
-
-
-def frame_energies_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """RMS level of ``ENVELOPE_FRAME_SECONDS`` frames every ``ENVELOPE_HOP_SECONDS`` (dBFS), ``[frames]``."""
-    size = max(1, round(ENVELOPE_FRAME_SECONDS * sample_rate))
-    hop = max(1, round(ENVELOPE_HOP_SECONDS * sample_rate))
-    audio = np.asarray(audio, dtype=np.float32)
-    if len(audio) < size:
-        audio = np.pad(audio, (0, size - len(audio)))
-    frames = np.lib.stride_tricks.sliding_window_view(audio, size)[::hop]
-    return 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + ENERGY_EPS)
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[first, last]`` frame indices of each run of True."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
-
-
-def word_span(audio: np.ndarray, sample_rate: int) -> WordSpan:
-    """The spoken word of a clip from its energy envelope.
-
-    Frames above ``max(peak - WORD_DB_BELOW_PEAK, floor + WORD_DB_ABOVE_FLOOR)`` are speech; runs closer than
-    ``WORD_MAX_INNER_GAP_SECONDS`` are merged, and the merged run with the most energy is the word (a click
-    or a breath well after the word does not move its end).
-
-    Args:
-        audio: float32 mono ``[samples]``.
-        sample_rate: Hz.
-    """
-    db = frame_energies_db(audio, sample_rate)
-    hop = round(ENVELOPE_HOP_SECONDS * sample_rate)
-    size = round(ENVELOPE_FRAME_SECONDS * sample_rate)
-    peak = int(np.argmax(db))
-    threshold = max(db[peak] - WORD_DB_BELOW_PEAK, np.percentile(db, FLOOR_PERCENTILE) + WORD_DB_ABOVE_FLOOR)
-    speech = db >= threshold
-    speech[peak] = True  # a clip of constant level is all one word
-    max_gap = round(WORD_MAX_INNER_GAP_SECONDS / ENVELOPE_HOP_SECONDS)
-    merged: list[list[int]] = []
-    for first, last in _runs(speech):
-        if merged and first - merged[-1][1] - 1 <= max_gap:
-            merged[-1][1] = last
-        else:
-            merged.append([first, last])
-    power = 10.0 ** (db / 10.0)
-    first, last = max(merged, key=lambda run: float(power[run[0] : run[1] + 1].sum()))
-    active = float(np.sqrt(np.mean(power[speech])))
-    end = min(len(audio), last * hop + size)
-    return WordSpan(start=first * hop / sample_rate, end=end / sample_rate, active_rms=active)
 
 
 # ----------------------------------------------------------------------------------------- utterances
@@ -315,63 +220,6 @@ def plan_stream(
 
 
 @dataclass(frozen=True)
-class StreamEvent:
-    """One event of a rendered stream (times in s from the stream start).
-
-    Attributes:
-        kind, label, source, use, gain_db, snr_db: as planned.
-        start, end: the utterance's first and last sample.
-        word_start, word_end: the spoken word (keyword events; for other events the loudest word).
-    """
-
-    kind: str
-    label: str
-    source: str
-    start: float
-    end: float
-    word_start: float
-    word_end: float
-    use: int
-    gain_db: float
-    snr_db: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-
-@dataclass
-class StreamComposition:
-    """What a stream is made of (durations in s)."""
-
-    seconds: float
-    keyword_events: int
-    keyword_clips: int
-    keyword_clips_available: int
-    keyword_reuses: int
-    keyword_seconds: float
-    keyword_word_seconds: float
-    keywords_per_label: dict[str, int]
-    unknown_events: int
-    unknown_clips: int
-    unknown_reuses: int
-    unknown_seconds: float
-    negative_events: int
-    negative_files: int
-    negative_files_available: int
-    negative_reuses: int
-    negative_seconds: float
-    noise_only_seconds: float
-    noise_source: str
-    snr_db: tuple[float, float]
-    gap_seconds: tuple[float, float]
-    seed: int
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
 class StreamSet:
     """A rendered stream: the WAV file, its ground truth and its composition."""
 
@@ -396,10 +244,10 @@ class NoiseBed:
     """
 
     def __init__(self, noises: Sequence[np.ndarray], sample_rate: int, rng: np.random.Generator) -> None:
-        usable = [n for n in noises if len(n) and _rms(n) > SILENT_RMS]
+        usable = [n for n in noises if len(n) and rms(n) > SILENT_RMS]
         if not usable:
             usable = [rng.standard_normal(round(FALLBACK_NOISE_SECONDS * sample_rate)).astype(np.float32)]
-        self.noises = [(n / np.float32(_rms(n))).astype(np.float32) for n in usable]
+        self.noises = [(n / np.float32(rms(n))).astype(np.float32) for n in usable]
         self.rng = rng
         self.fade = max(1, round(CROSSFADE_SECONDS * sample_rate))
         self._current: tuple[int, int, float] | None = None  # (noise index, next sample, level)
@@ -524,233 +372,27 @@ def composition(
         gap_seconds=GAP_SECONDS,
         seed=seed,
     )
+    notes: list[str] = []
     if comp.keyword_clips < keywords_available:
-        comp.notes.append(
+        notes.append(
             f"the stream is too short for every keyword clip: a class-balanced subset of "
             f"{comp.keyword_clips} of the {keywords_available} clips is used"
         )
     if comp.keyword_reuses:
-        comp.notes.append(
+        notes.append(
             f"{keywords_available} keyword clips are too few for this duration: "
             f"{comp.keyword_reuses} keyword events reuse a clip (at another gain, SNR "
             "and noise)"
         )
     if comp.unknown_reuses:
-        comp.notes.append(f"{comp.unknown_reuses} unknown-word events reuse a clip (no negatives to fill with)")
+        notes.append(f"{comp.unknown_reuses} unknown-word events reuse a clip (no negatives to fill with)")
     if comp.negative_reuses:
-        comp.notes.append(
-            f"{comp.negative_reuses} negative events reuse a recording (all {negatives_available} were used)"
-        )
+        notes.append(f"{comp.negative_reuses} negative events reuse a recording (all {negatives_available} were used)")
     if 0 < comp.negative_files < negatives_available:
-        comp.notes.append(
+        notes.append(
             f"{comp.negative_files} of the {negatives_available} negative recordings fit in this "
             "duration (a longer stream uses more of them)"
         )
     if negatives_available == 0:
-        comp.notes.append("no negatives given (--negatives): the only non-keyword speech is unknown-word clips")
-    return comp
-
-
-# --------------------------------------------------------------------------------------------- score
-
-
-def poisson_upper(count: int, confidence: float = POISSON_CONFIDENCE) -> float:
-    """One-sided upper confidence bound on the mean of a Poisson count (exact, by bisection).
-
-    E.g. 0 events observed: the mean is below 3.0 with 95% confidence.
-    """
-
-    def cdf(lam: float) -> float:
-        return math.fsum(math.exp(k * math.log(lam) - lam - math.lgamma(k + 1)) for k in range(count + 1))
-
-    lo, hi = 0.0, max(10.0, 4.0 * (count + 1))
-    while cdf(hi) > 1 - confidence:
-        hi *= 2
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if cdf(mid) > 1 - confidence:
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
-@dataclass
-class DetectionScore:
-    """Detection quality of one run over a stream.
-
-    False-accept rates (per hour):
-        ``fa_per_hour``: the headline: every false accept (wherever it happened, including wrong-keyword and
-        repeated detections during keyword events) per hour of non-keyword audio (the stream minus the
-        keyword windows). It is never below either of the two rates below.
-        ``fa_per_hour_stream``: every false accept per hour of the whole stream.
-        ``fa_per_hour_nonkeyword``: false accepts outside keyword windows per hour of non-keyword audio.
-
-    Latencies (s): detection time (end of the triggering frame) minus the estimated end of the word, for hits.
-    """
-
-    threshold: float | None
-    keyword_events: int
-    hits: int
-    false_accepts: int
-    false_accepts_in_keyword_windows: int
-    stream_hours: float
-    nonkeyword_hours: float
-    latencies: list[float] = field(default_factory=list, repr=False)
-    per_keyword: dict[str, dict[str, float]] = field(default_factory=dict)
-    false_accepts_by_context: dict[str, int] = field(default_factory=dict)
-    hit_pairs: list[tuple[int, int]] = field(default_factory=list, repr=False)
-    """(detection index, index in ``events``) of each hit."""
-
-    @property
-    def recall(self) -> float:
-        return self.hits / self.keyword_events if self.keyword_events else float("nan")
-
-    @property
-    def miss_rate(self) -> float:
-        return 1.0 - self.recall
-
-    @property
-    def fa_per_hour(self) -> float:
-        return self.false_accepts / self.nonkeyword_hours if self.nonkeyword_hours else float("nan")
-
-    @property
-    def fa_per_hour_upper(self) -> float:
-        """``POISSON_CONFIDENCE`` upper bound of the headline rate."""
-        if not self.nonkeyword_hours:
-            return float("nan")
-        return poisson_upper(self.false_accepts) / self.nonkeyword_hours
-
-    @property
-    def fa_per_hour_stream(self) -> float:
-        return self.false_accepts / self.stream_hours if self.stream_hours else float("nan")
-
-    @property
-    def fa_per_hour_nonkeyword(self) -> float:
-        outside = self.false_accepts - self.false_accepts_in_keyword_windows
-        return outside / self.nonkeyword_hours if self.nonkeyword_hours else float("nan")
-
-    def latency(self, q: float) -> float:
-        """Quantile ``q`` in [0, 1] of the latencies (s); NaN without hits."""
-        return float(np.quantile(self.latencies, q)) if self.latencies else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "keyword_events": self.keyword_events,
-            "hits": self.hits,
-            "recall": self.recall,
-            "miss_rate": self.miss_rate,
-            "false_accepts": self.false_accepts,
-            "false_accepts_in_keyword_windows": self.false_accepts_in_keyword_windows,
-            "false_accepts_by_context": self.false_accepts_by_context,
-            "fa_per_hour": self.fa_per_hour,
-            "fa_per_hour_upper95": self.fa_per_hour_upper,
-            "fa_per_hour_stream": self.fa_per_hour_stream,
-            "fa_per_hour_nonkeyword": self.fa_per_hour_nonkeyword,
-            "stream_hours": self.stream_hours,
-            "nonkeyword_hours": self.nonkeyword_hours,
-            "latency_median_s": self.latency(0.5),
-            "latency_p90_s": self.latency(0.9),
-            "per_keyword": self.per_keyword,
-        }
-
-
-def _union_length(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:
-    total, end = 0.0, lo
-    for a, b in sorted(intervals):
-        a, b = max(a, end), min(b, hi)
-        if b > a:
-            total += b - a
-            end = b
-    return total
-
-
-def score_detections(
-    detections: Sequence[Any],
-    events: Sequence[StreamEvent],
-    seconds: float,
-    tolerance: float = MATCH_TOLERANCE_SECONDS,
-    threshold: float | None = None,
-) -> DetectionScore:
-    """Match detections to the stream's keyword events.
-
-    Args:
-        detections: objects with ``.time`` (s from the stream start) and ``.keyword`` (e.g. runtime
-            :class:`~kws.runtime.detect.Detection`).
-        events: the stream's events.
-        seconds: stream duration (s).
-        tolerance: how long after the word's end a detection still counts (s).
-        threshold: recorded in the result.
-    """
-    keyword_events = sorted((e for e in events if e.kind == KIND_KEYWORD), key=lambda e: e.start)
-    windows = [(e.start, e.word_end + tolerance) for e in keyword_events]
-    starts = [w[0] for w in windows]
-    longest = max((b - a for a, b in windows), default=0.0)
-    others = sorted((e for e in events if e.kind != KIND_KEYWORD), key=lambda e: e.start)
-    other_starts = [e.start for e in others]
-    other_longest = max((e.end + tolerance - e.start for e in others), default=0.0)
-    hit_by: list[int | None] = [None] * len(keyword_events)
-    hit_pairs: list[tuple[int, int]] = []
-    contexts: Counter[str] = Counter()
-    fa_keyword: Counter[str] = Counter()
-    in_windows = 0
-    order = sorted(range(len(detections)), key=lambda i: detections[i].time)
-    for di in order:
-        d = detections[di]
-        t = float(d.time)
-        near = range(bisect.bisect_right(starts, t) - 1, -1, -1)
-        inside = []
-        for i in near:
-            if starts[i] < t - longest:
-                break
-            if windows[i][0] <= t <= windows[i][1]:
-                inside.append(i)
-        match = next((i for i in reversed(inside) if keyword_events[i].label == d.keyword and hit_by[i] is None), None)
-        if match is not None:
-            hit_by[match] = di
-            hit_pairs.append((di, match))
-            continue
-        fa_keyword[d.keyword] += 1
-        if inside:
-            in_windows += 1
-            contexts[CONTEXT_KEYWORD_WINDOW] += 1
-            continue
-        context = CONTEXT_NOISE
-        for i in range(bisect.bisect_right(other_starts, t) - 1, -1, -1):
-            e = others[i]
-            if e.start < t - other_longest:
-                break
-            if e.start <= t <= e.end + tolerance:
-                context = e.kind
-                break
-        contexts[context] += 1
-    index_of = {id(e): i for i, e in enumerate(events)}
-    hours = seconds / SECONDS_PER_HOUR
-    keyword_seconds = _union_length(windows, 0.0, seconds)
-    per_keyword: dict[str, dict[str, float]] = {}
-    for label in sorted({e.label for e in keyword_events} | set(fa_keyword)):
-        idx = [i for i, e in enumerate(keyword_events) if e.label == label]
-        hits = sum(hit_by[i] is not None for i in idx)
-        lat = [float(detections[j].time) - keyword_events[i].word_end for i in idx if (j := hit_by[i]) is not None]
-        per_keyword[label] = {
-            "events": len(idx),
-            "hits": hits,
-            "recall": hits / len(idx) if idx else float("nan"),
-            "false_accepts": fa_keyword[label],
-            "latency_median_s": float(np.median(lat)) if lat else float("nan"),
-        }
-    latencies = [float(detections[di].time) - keyword_events[ei].word_end for di, ei in hit_pairs]
-    return DetectionScore(
-        threshold=threshold,
-        keyword_events=len(keyword_events),
-        hits=len(hit_pairs),
-        false_accepts=len(detections) - len(hit_pairs),
-        false_accepts_in_keyword_windows=in_windows,
-        stream_hours=hours,
-        nonkeyword_hours=(seconds - keyword_seconds) / SECONDS_PER_HOUR,
-        latencies=latencies,
-        per_keyword=per_keyword,
-        false_accepts_by_context=dict(sorted(contexts.items())),
-        hit_pairs=[(di, index_of[id(keyword_events[ei])]) for di, ei in hit_pairs],
-    )
+        notes.append("no negatives given (--negatives): the only non-keyword speech is unknown-word clips")
+    return dataclasses.replace(comp, notes=tuple(notes))
