@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from kws.constants import INPUT_AUDIO, OUTPUT_SCORES
-from kws.export.streaming import StreamBuffer, pool_scores, run_stream, stream_chunks, zero_states
+from kws.export.streaming import StreamBuffer, StreamSource, pool_scores, stream_chunks, stream_model
+from kws.format import INPUT_AUDIO, OUTPUT_SCORES, frames_in
+from kws.runtime.model import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -71,21 +72,8 @@ class Check:
 
 
 def session(path: str | Path, threads: int = 1) -> Any:
-    """An onnxruntime CPU session set up like the device runtime's (``threads`` threads, no spinning).
-
-    Sequential execution, every graph optimisation, warnings only.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    """An onnxruntime CPU session set up as the device runtime's (:func:`kws.runtime.model.make_session`)."""
+    return make_session(path, threads)
 
 
 # ------------------------------------------------------------------------------------------- structure
@@ -134,18 +122,21 @@ def torch_clip_scores(model: Any, clips: np.ndarray, batch: int = ORT_BATCH) -> 
     return np.concatenate(out)
 
 
-def stream_scores(
-    sess: Any, clips: np.ndarray, context_samples: int, hop_samples: int, pooling: str, hops: int = BENCH_HOPS
-) -> np.ndarray:
-    """Scores ``[clips, n_labels]`` of the streaming model.
+def streamed_clip_scores(stream: StreamSource, clips: np.ndarray, hops: int = BENCH_HOPS) -> np.ndarray:
+    """Scores ``[clips, n_labels]`` of each clip streamed through the streaming model (the runtime's step).
 
     Each clip is streamed ``hops`` frames per call from zero state; its per-frame logits are pooled as the
-    whole-clip model pools them.
+    whole-clip model pools them (``kws.pooling``).
     """
+    model = stream_model(stream)
+    info = model.info
     return (
         np.stack(
             [
-                pool_scores(run_stream(sess, stream_chunks(clip, context_samples, hop_samples, hops))[0], pooling)
+                pool_scores(
+                    model.frame_outputs(stream_chunks(clip, info.context_samples, info.hop_samples, hops))[0],
+                    info.pooling,
+                )
                 for clip in clips
             ]
         )
@@ -183,23 +174,17 @@ def compare_scores(
     ]
 
 
-def check_streaming(
-    stream_sess: Any,
-    clip_scores: np.ndarray,
-    clips: np.ndarray,
-    context_samples: int,
-    hop_samples: int,
-    pooling: str,
-    subject: str,
-) -> list[Check]:
+def check_streaming(stream: StreamSource, clip_scores: np.ndarray, clips: np.ndarray, subject: str) -> list[Check]:
     """Streaming a clip (several chunk sizes, and odd-sized pieces through a buffer) gives its clip scores.
 
-    The per-frame logits of all calls are pooled as the whole-clip model pools them.
+    The per-frame logits of all calls (the runtime's step) are pooled as the whole-clip model pools them.
     """
+    model = stream_model(stream)
+    context_samples, hop_samples, pooling = model.info.context_samples, model.info.hop_samples, model.info.pooling
     worst: dict[str, float] = {}
     agree: dict[str, bool] = {}
     for clip, reference in zip(clips, clip_scores, strict=True):
-        whole = 1 + (len(clip) - context_samples - hop_samples) // hop_samples
+        whole = frames_in(len(clip), model.info.window_samples, hop_samples)
         feeds: dict[str, list[np.ndarray]] = {
             f"{h} hop{'s' if h > 1 else ''}": list(stream_chunks(clip, context_samples, hop_samples, h))
             for h in (*STREAM_CHUNK_HOPS, whole)
@@ -212,7 +197,7 @@ def check_streaming(
             start, i = start + size, i + 1
         feeds["odd pieces, buffered"] = pieces
         for label, chunks in feeds.items():
-            scores = pool_scores(run_stream(stream_sess, chunks)[0], pooling)
+            scores = pool_scores(model.frame_outputs(chunks)[0], pooling)
             worst[label] = max(worst.get(label, 0.0), float(np.abs(scores - reference).max()))
             agree[label] = agree.get(label, True) and bool(top1_agrees(scores, reference, PARITY_TOLERANCE).all())
     return [
@@ -259,9 +244,9 @@ def stream_feeds(
     stream_path: Path, clip: np.ndarray, context_samples: int, hop_samples: int, hops: int = 3, lanes: int = 2
 ) -> dict[str, np.ndarray]:
     """One streaming call's inputs: the first ``hops`` frames of ``clip`` and small random states."""
-    states = zero_states(session(stream_path), lanes)
     rng = np.random.default_rng(0)
-    feeds = {name: (rng.standard_normal(s.shape) * 0.1).astype(np.float32) for name, s in states.items()}
+    states = stream_model(stream_path).info.states
+    feeds = {s.input: (rng.standard_normal(s.zeros(lanes).shape) * 0.1).astype(np.float32) for s in states}
     feeds[INPUT_AUDIO] = clip[None, : context_samples + hops * hop_samples].astype(np.float32)
     return feeds
 
@@ -346,20 +331,14 @@ def clip_latency_torch(model: Any, clip: np.ndarray, threads: int, runs: int = C
 
 
 def stream_call_latency(
-    sess: Any,
-    context_samples: int,
-    hop_samples: int,
-    hops: int = BENCH_HOPS,
-    lanes: int = 1,
-    runs: int = STREAM_TIMING_RUNS,
+    stream: StreamSource, hops: int = BENCH_HOPS, lanes: int = 1, runs: int = STREAM_TIMING_RUNS
 ) -> float:
     """Median latency of one streaming call with ``hops`` new frames and ``lanes`` lanes (seconds)."""
+    model = stream_model(stream)
     rng = np.random.default_rng(0)
-    feed = {
-        INPUT_AUDIO: (rng.standard_normal((1, context_samples + hops * hop_samples)) * 0.1).astype(np.float32),
-        **zero_states(sess, lanes),
-    }
-    return median_seconds(lambda: sess.run(None, feed), runs)
+    size = model.info.context_samples + hops * model.info.hop_samples
+    feed = model.feeds((rng.standard_normal((1, size)) * 0.1).astype(np.float32), model.initial_states(lanes))
+    return median_seconds(lambda: model.session.run(None, feed), runs)
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

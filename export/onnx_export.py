@@ -39,10 +39,6 @@ from kws.format import (
     OUTPUT_LOGITS,
     OUTPUT_SCORES,
     QUANT_NONE,
-    STATE_C_IN,
-    STATE_C_OUT,
-    STATE_H_IN,
-    STATE_H_OUT,
     ModelMetadata,
     StateSpec,
     lstm_state_specs,
@@ -347,20 +343,16 @@ def export_stream_model(
         "h_in": {1: lanes},
         "c_in": {1: lanes},
     }
+    states = state_spec(config)  # h, c: the order of StreamStep's arguments and results
     proto = _export(
         StreamStep(model),
         (audio, h, c),
         dynamic,
-        [INPUT_AUDIO, STATE_H_IN, STATE_C_IN],
-        [OUTPUT_LOGITS, STATE_H_OUT, STATE_C_OUT],
+        [INPUT_AUDIO, *(s.input for s in states)],
+        [OUTPUT_LOGITS, *(s.output for s in states)],
     )
     proto = _finish(
-        proto,
-        {
-            OUTPUT_LOGITS: [LANES_DIM, FRAMES_DIM, config.n_labels],
-            STATE_H_OUT: [config.num_layers, LANES_DIM, config.output_size],
-            STATE_C_OUT: [config.num_layers, LANES_DIM, config.hidden_size],
-        },
+        proto, {OUTPUT_LOGITS: [LANES_DIM, FRAMES_DIM, config.n_labels], **{s.output: list(s.shape) for s in states}}
     )
     set_metadata(proto, model_metadata(features, config, labels, KIND_STREAM, evaluation))
     return proto

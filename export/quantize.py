@@ -28,15 +28,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from kws.constants import INPUT_AUDIO, META_QUANTIZATION, STATE_C_IN, STATE_C_OUT, STATE_H_IN, STATE_H_OUT
 from kws.export.onnx_export import ExportError, save_model, set_metadata
-from kws.export.streaming import stream_chunks
+from kws.export.streaming import stream_chunks, stream_model
+from kws.format import INPUT_AUDIO, META_QUANTIZATION, QUANT_DYNAMIC, QUANT_STATIC
 
 logger = logging.getLogger(__name__)
-
-QUANT_DYNAMIC = "dynamic"
-QUANT_STATIC = "static-qdq"
-QUANTIZATIONS: tuple[str, ...] = (QUANT_DYNAMIC, QUANT_STATIC)
 
 INT8_MAX = 127
 WEIGHT_ONLY_MIN_ELEMENTS = 256
@@ -56,8 +52,8 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 RECURRENT_OPS = ("LSTM", "DynamicQuantizeLSTM")
 
 
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every node a name (the quantizers select nodes by name)."""
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a name (in place): the quantizers select nodes by name."""
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"kws_node_{i}"
@@ -79,9 +75,12 @@ def _downstream_of_recurrence(model: onnx.ModelProto) -> set[str]:
 def classifier_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """Names of the LSTM nodes and of the MatMul/Gemm nodes downstream of an LSTM (the classifier head).
 
-    Everything else (STFT, mel and DCT MatMuls, normalisation) is the front end, which stays float.
+    Everything else (STFT, mel and DCT MatMuls, normalisation) is the front end, which stays float. A query:
+    the nodes must have names already (:func:`name_nodes`).
     """
-    _name_nodes(model)
+    unnamed = sum(not n.name for n in model.graph.node)
+    if unnamed:
+        raise ExportError(f"{unnamed} node(s) of the graph have no name; call name_nodes() first")
     lstm = [n.name for n in model.graph.node if n.op_type == "LSTM"]
     if not lstm:
         raise ExportError("the exported graph has no LSTM node; cannot quantize it")
@@ -143,7 +142,7 @@ def compress_frontend_weights(model: onnx.ModelProto) -> int:
 
     Returns the number of matrices converted.
     """
-    _name_nodes(model)
+    name_nodes(model)
     after = _downstream_of_recurrence(model)
     inits = _initializers(model)
     count = 0
@@ -219,10 +218,11 @@ def quantize_dynamic_model(fp32_path: Path, out_path: Path, per_channel: bool = 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32_path))
+    name_nodes(model)
     lstm, head = classifier_nodes(model)
     with tempfile.TemporaryDirectory(prefix="kws-quant-") as tmp, _quiet_quantizer():
         named = Path(tmp) / "named.onnx"
-        onnx.save_model(model, str(named))  # with the node names classifier_nodes() gave
+        onnx.save_model(model, str(named))  # with the node names the quantizer selects by
         raw = Path(tmp) / "dynamic.onnx"
         quantize_dynamic(
             named,
@@ -266,31 +266,19 @@ class ClipCalibrationReader:
 class StreamCalibrationReader:
     """Calibration feeds for the streaming model: each clip streamed in calls of ``hops`` frames.
 
-    The LSTM states fed with each call are the ones the float streaming model returned for the previous
-    call of the same clip, so the calibrated ranges are those of real streaming.
+    The calls are the runtime's streaming steps (:meth:`kws.runtime.model.StreamingModel.calls`): the LSTM
+    states fed with each call are the ones the float streaming model returned for the previous call of the
+    same clip, so the calibrated ranges are those of real streaming.
     """
 
-    def __init__(
-        self,
-        fp32_stream_path: Path,
-        clips: np.ndarray,
-        context_samples: int,
-        hop_samples: int,
-        hops: int = STREAM_CALIBRATION_HOPS,
-    ) -> None:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(fp32_stream_path), providers=["CPUExecutionProvider"])
-        states = {i.name: i.shape for i in session.get_inputs() if i.name != INPUT_AUDIO}
-        self._feeds: list[dict[str, np.ndarray]] = []
-        for clip in np.asarray(clips, np.float32):
-            h = np.zeros([1 if isinstance(d, str) else d for d in states[STATE_H_IN]], np.float32)
-            c = np.zeros([1 if isinstance(d, str) else d for d in states[STATE_C_IN]], np.float32)
-            for chunk in stream_chunks(clip, context_samples, hop_samples, hops):
-                feed = {INPUT_AUDIO: chunk[None], STATE_H_IN: h, STATE_C_IN: c}
-                self._feeds.append(feed)
-                out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
-                h, c = out[STATE_H_OUT], out[STATE_C_OUT]
+    def __init__(self, fp32_stream_path: Path, clips: np.ndarray, *, hops: int = STREAM_CALIBRATION_HOPS) -> None:
+        model = stream_model(fp32_stream_path)
+        context, hop = model.info.context_samples, model.info.hop_samples
+        self._feeds: list[dict[str, np.ndarray]] = [
+            feeds
+            for clip in np.asarray(clips, np.float32)
+            for feeds, _ in model.calls(stream_chunks(clip, context, hop, hops))
+        ]
         self._next = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -312,6 +300,7 @@ def quantize_static_model(fp32_path: Path, out_path: Path, reader: object) -> on
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
+    name_nodes(model)
     _, head = classifier_nodes(model)
     with tempfile.TemporaryDirectory(prefix="kws-quant-") as tmp, _quiet_quantizer():
         named = Path(tmp) / "named.onnx"

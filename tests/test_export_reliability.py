@@ -26,39 +26,18 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import numpy_helper  # noqa: E402
 
-from kws.checkpoint import save_checkpoint  # noqa: E402
-from kws.config import ModelConfig, RunConfig, to_dict  # noqa: E402
 from kws.export import checks, pipeline  # noqa: E402
 from kws.export import synthetic as speech  # noqa: E402
-from kws.export.onnx_export import export_clip_model, export_stream_model, save_model  # noqa: E402
-from kws.export.pipeline import export_checkpoint, synthetic_clips  # noqa: E402
-from kws.model import KWSModel  # noqa: E402
-from support.synthetic import KEYWORDS, synth_clip  # noqa: E402
+from kws.export.clips import PARITY_CLIPS, synthetic_clips  # noqa: E402
+from kws.export.measure import REFERENCE_CLIPS  # noqa: E402
+from kws.export.pipeline import export_checkpoint  # noqa: E402
+from support.export_models import export_model, make_model, write_checkpoint  # noqa: E402
 
-LABELS = ["_silence_", "_unknown_", "yes", "no"]
 TOL = checks.PARITY_TOLERANCE
 SHARPNESS = 6.0
 """Factor on the LSTM and classifier weights of an untrained model: logits as large and as sensitive to the
 features as a trained model's (an untrained model's outputs are too flat to show rounding problems)."""
 SAMPLE_RATE, CLIP = 16000, 16000
-
-
-def word_clips(count: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    words = [*KEYWORDS, "bed", "cat", None]
-    return np.stack([synth_clip(words[i % len(words)], rng) for i in range(count)]).astype(np.float32)
-
-
-def make_model(hidden: int, layers: int = 2, sharpness: float = 1.0, seed: int = 0) -> tuple[KWSModel, RunConfig]:
-    torch.manual_seed(seed)
-    config = RunConfig(model=ModelConfig(hidden_size=hidden, num_layers=layers, n_labels=len(LABELS)))
-    model = KWSModel(config.features, config.model)
-    model.frontend.fit_normalization(torch.from_numpy(word_clips(16, seed=100)))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith("frontend"):
-                p.mul_(sharpness)
-    return model.eval(), config
 
 
 def old_synthetic_clips(count: int, seed: int = 1234) -> np.ndarray:
@@ -87,18 +66,15 @@ def old_synthetic_clips(count: int, seed: int = 1234) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sharp(tmp_path_factory):
-    """A model as sharp as a trained one, and its float ONNX files."""
+    """A model as sharp as a trained one, and its float ONNX files (``export_files``)."""
     model, config = make_model(hidden=64, sharpness=SHARPNESS)
-    out = tmp_path_factory.mktemp("sharp")
-    files = {"clip": out / "kws.onnx", "stream": out / "kws.stream.onnx"}
-    save_model(export_clip_model(model, LABELS), files["clip"])
-    save_model(export_stream_model(model, LABELS), files["stream"])
+    files = export_model(model, config, tmp_path_factory.mktemp("sharp"), evaluation=None, quantization="none")
     return model, config, files
 
 
 @pytest.fixture(scope="module")
 def parity_clips() -> np.ndarray:
-    return synthetic_clips(CLIP, SAMPLE_RATE, pipeline.PARITY_CLIPS)
+    return synthetic_clips(CLIP, SAMPLE_RATE, PARITY_CLIPS)
 
 
 # ----------------------------------------------------------------------------------------- the inputs
@@ -107,7 +83,7 @@ def parity_clips() -> np.ndarray:
 class TestSyntheticClips:
     def test_speech_like_at_recording_levels(self, parity_clips) -> None:
         clips = parity_clips
-        assert clips.shape == (pipeline.PARITY_CLIPS, CLIP) and clips.dtype == np.float32
+        assert clips.shape == (PARITY_CLIPS, CLIP) and clips.dtype == np.float32
         np.testing.assert_array_equal(clips * 32768, np.round(clips * 32768))  # 16-bit samples
         assert np.abs(clips).max() <= speech.PEAK
         frames = clips[:, : CLIP // 160 * 160].reshape(len(clips), -1, 160).astype(np.float64)
@@ -160,10 +136,8 @@ class TestGoodModelPasses:
         _, config, files = sharp
         f = config.features
         whole = checks.onnx_clip_scores(checks.session(files["clip"]), parity_clips[:4])
-        found = checks.check_streaming(
-            checks.session(files["stream"]), whole, parity_clips[:4], f.context_samples, f.hop_samples, "mean", "s"
-        )
-        found.append(checks.check_reference(files["clip"], {"audio": parity_clips[: pipeline.REFERENCE_CLIPS]}))
+        found = checks.check_streaming(checks.session(files["stream"]), whole, parity_clips[:4], "s")
+        found.append(checks.check_reference(files["clip"], {"audio": parity_clips[:REFERENCE_CLIPS]}))
         feeds = checks.stream_feeds(files["stream"], parity_clips[0], f.context_samples, f.hop_samples)
         found.append(checks.check_reference(files["stream"], feeds))
         assert all(c.passed for c in found), found
@@ -230,14 +204,11 @@ class TestBrokenExportsFail:
 
     def test_lstm_weights_one_percent_off_fail_the_streaming_check(self, sharp, parity_clips, tmp_path) -> None:
         _, config, files = sharp
-        f = config.features
         broken = _mutated(
             files["stream"], tmp_path / "s.onnx", _recurrent_weight(config.model.hidden_size), lambda v: v * 1.01
         )
         whole = checks.onnx_clip_scores(checks.session(files["clip"]), parity_clips[:4])
-        found = checks.check_streaming(
-            checks.session(broken), whole, parity_clips[:4], f.context_samples, f.hop_samples, "mean", "s"
-        )
+        found = checks.check_streaming(checks.session(broken), whole, parity_clips[:4], "s")
         assert not any(c.passed for c in found), found
 
 
@@ -272,9 +243,7 @@ class TestScales:
 @pytest.fixture
 def small_checkpoint(tmp_path) -> Path:
     model, config = make_model(hidden=8, layers=1)
-    path = tmp_path / "small.pt"
-    save_checkpoint(path, {"config": to_dict(config), "labels": LABELS, "model": model.state_dict()})
-    return path
+    return write_checkpoint(tmp_path / "small.pt", model, config, evaluation=None)
 
 
 KILLED = """
