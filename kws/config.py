@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from kws.constants import CLIP_SECONDS, SAMPLE_RATE
 from kws.errors import KWSError
+from kws.format import POOL_MEAN, POOLINGS, frames_in
 
 T = TypeVar("T")
 
@@ -107,9 +108,7 @@ class FeatureConfig:
 
     def num_frames(self, num_samples: int) -> int:
         """Frames computed from ``num_samples`` samples (0 if shorter than one FFT frame)."""
-        if num_samples < self.n_fft:
-            return 0
-        return 1 + (num_samples - self.n_fft) // self.hop_samples
+        return frames_in(num_samples, self.n_fft, self.hop_samples)
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,10 @@ class ModelConfig:
     proj_size: int = 0
     dropout: float = 0.4
     input_dropout: float = 0.1
-    pooling: str = "mean"  # clip logits: "mean" of the per-frame logits, or the "last" frame's
+    pooling: str = POOL_MEAN  # clip logits: "mean" of the per-frame logits, or the "last" frame's
 
     def __post_init__(self) -> None:
-        _check(self.pooling in ("mean", "last"), f"pooling must be 'mean' or 'last', got {self.pooling!r}")
+        _check(self.pooling in POOLINGS, f"pooling must be {' or '.join(map(repr, POOLINGS))}, got {self.pooling!r}")
         _check(self.n_inputs > 0 and self.n_labels >= 2, "need n_inputs > 0 and n_labels >= 2")
         _check(
             0 < self.hidden_size <= MAX_HIDDEN_SIZE,

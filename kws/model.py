@@ -7,6 +7,7 @@ from torch import nn
 
 from kws.config import FeatureConfig, ModelConfig
 from kws.features import MFCCFrontend
+from kws.format import POOL_MEAN
 
 State = tuple[torch.Tensor, torch.Tensor]
 """LSTM state ``(h, c)``: h ``[layers, batch, output_size]``, c ``[layers, batch, hidden_size]``."""
@@ -65,7 +66,7 @@ class KWSModel(nn.Module):
         ``mean`` pooling averages the frames (a stream averages its last ``clip frames`` the same way);
         ``last`` takes the final frame.
         """
-        return logits.mean(1) if self.config.pooling == "mean" else logits[:, -1]
+        return logits.mean(1) if self.config.pooling == POOL_MEAN else logits[:, -1]
 
     def classify(self, audio: torch.Tensor) -> torch.Tensor:
         """Whole-clip logits ``[batch, n_labels]`` of audio ``[batch, samples]``."""
