@@ -60,10 +60,10 @@ def _break_models(models: Path, out: Path) -> Path:
 
 
 def _break_checkpoint(checkpoint: Path, path: Path) -> Path:
-    from kws.checkpoint import load_checkpoint, save_checkpoint
+    from kws.checkpoint import checkpoint_weights, load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(checkpoint)
-    payload["model"]["head.bias"][0] += BROKEN_BIAS
+    checkpoint_weights(payload)["head.bias"][0] += BROKEN_BIAS
     save_checkpoint(path, payload)
     return path
 
@@ -283,25 +283,17 @@ class TestTypedReport:
 class TestErrors:
     """Bad inputs are one-line errors (exit 2) before the slow work."""
 
-    def _run(self, capsys, *argv: str) -> str:
-        assert main(["bench", *argv]) == 2
+    def _run(self, capsys, checkpoint: Path, data: Path, out: Path, *extra: str) -> str:
+        """The one-line error of ``kws bench --checkpoint CHECKPOINT --data DATA EXTRA... --out OUT``."""
+        argv = ["bench", "--checkpoint", str(checkpoint), "--data", str(data), *extra, "--out", str(out)]
+        assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         return err
 
     def test_missing_model_files(self, tiny_checkpoint, full_dataset, tmp_path, capsys) -> None:
         (tmp_path / "models").mkdir()
-        err = self._run(
-            capsys,
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            str(full_dataset),
-            "--models",
-            str(tmp_path / "models"),
-            "--out",
-            str(tmp_path / "out"),
-        )
+        err = self._run(capsys, tiny_checkpoint, full_dataset, tmp_path / "out", "--models", str(tmp_path / "models"))
         assert "kws.stream.int8.onnx" in err
 
     def test_models_of_another_label_set(self, tiny_checkpoint, models, full_dataset, tmp_path, capsys) -> None:
@@ -316,17 +308,7 @@ class TestErrors:
             if prop.key == META_LABELS:
                 prop.value = json.dumps(["_silence_", "_unknown_", "left", "right", "on", "off"])
         onnx.save(proto, str(other / "kws.int8.onnx"))
-        err = self._run(
-            capsys,
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            str(full_dataset),
-            "--models",
-            str(other),
-            "--out",
-            str(tmp_path / "out"),
-        )
+        err = self._run(capsys, tiny_checkpoint, full_dataset, tmp_path / "out", "--models", str(other))
         assert "labels" in err and "kws.int8.onnx" in err
 
     @pytest.mark.parametrize(
@@ -338,29 +320,11 @@ class TestErrors:
         ],
     )
     def test_bad_options(self, tiny_checkpoint, full_dataset, tmp_path, capsys, option, value, message) -> None:
-        err = self._run(
-            capsys,
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            str(full_dataset),
-            option,
-            *value.split(),
-            "--out",
-            str(tmp_path / "out"),
-        )
+        err = self._run(capsys, tiny_checkpoint, full_dataset, tmp_path / "out", option, *value.split())
         assert message in err
 
     def test_missing_data_folder(self, tiny_checkpoint, tmp_path, capsys) -> None:
-        err = self._run(
-            capsys,
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            str(tmp_path / "nothing"),
-            "--out",
-            str(tmp_path / "out"),
-        )
+        err = self._run(capsys, tiny_checkpoint, tmp_path / "nothing", tmp_path / "out")
         assert "does not exist" in err
 
 

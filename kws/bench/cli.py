@@ -31,9 +31,10 @@ from pathlib import Path
 from kws import __version__
 from kws.bench import BenchError
 from kws.bench.accuracy import AGREEMENT_WARNING, accuracy_reports
+from kws.bench.formatting import ms, pct, pct_ci, rate
 from kws.bench.inputs import check_models, resolve_models, training_overlap
 from kws.bench.machine import load_average, machine_info
-from kws.bench.markdown import format_markdown, ms, pct, pct_ci, rate
+from kws.bench.markdown import format_markdown
 from kws.bench.options import BenchOptions, add_arguments, options_from_args
 from kws.bench.plots import plot_accuracy, plot_det
 from kws.bench.report import (
@@ -87,7 +88,7 @@ def bench(options: BenchOptions) -> BenchReport:
     Raises:
         KWSError: bad inputs (checkpoint, data, models, negatives), reported before the slow work.
     """
-    from kws.checkpoint import model_from_checkpoint, run_config
+    from kws.checkpoint import checkpoint_weights, model_from_checkpoint, run_config
     from kws.evaluate import load_evaluation_data
     from kws.io import clean_stale_temporaries, ensure_writable_dir
 
@@ -144,7 +145,7 @@ def bench(options: BenchOptions) -> BenchReport:
         checkpoint=CheckpointInfo(
             path=str(options.checkpoint),
             size_bytes=Path(options.checkpoint).stat().st_size,
-            weights_bytes=int(sum(v.numel() * v.element_size() for v in payload["model"].values())),
+            weights_bytes=int(sum(v.numel() * v.element_size() for v in checkpoint_weights(payload).values())),
             labels=tuple(labels),
             evaluation=payload.get("evaluation"),
         ),

@@ -25,9 +25,7 @@ class StreamEvent:
         source: where the utterance comes from (a path, for the report).
         start, end: the utterance's first and last sample (s).
         word_start, word_end: the spoken word (keyword events; for other events the loudest word) (s).
-        use: 0 for the first use of this utterance, 1 for the first reuse, ...
-        gain_db: gain applied to the utterance (dB).
-        snr_db: speech level over the noise bed (dB).
+        use, gain_db, snr_db: how it was played (the planned event's reuse count, gain and SNR, dB).
     """
 
     kind: str

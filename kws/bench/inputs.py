@@ -18,6 +18,13 @@ from kws.format import META_LABELS, META_QUANTIZATION
 
 logger = logging.getLogger(__name__)
 
+FILE_SUFFIXES = {
+    "clip": ".onnx",
+    "stream": ".stream.onnx",
+    "clip_int8": ".int8.onnx",
+    "stream_int8": ".stream.int8.onnx",
+}
+"""The four ONNX files after their stem, by report key (in the report's order)."""
 EXPORT_QUANTIZATION = "dynamic"
 """How the bench quantizes a checkpoint it exports itself (no calibration data needed)."""
 
@@ -34,23 +41,13 @@ class ModelFiles:
     notes: tuple[str, ...] = ()
 
     def all(self) -> dict[str, Path]:
-        """The files by report key (``clip``, ``stream``, ``clip_int8``, ``stream_int8``)."""
-        return {
-            "clip": self.clip,
-            "stream": self.stream,
-            "clip_int8": self.clip_int8,
-            "stream_int8": self.stream_int8,
-        }
+        """The files by report key (:data:`FILE_SUFFIXES`' keys)."""
+        return {key: getattr(self, key) for key in FILE_SUFFIXES}
 
 
 def file_names(name: str) -> dict[str, str]:
     """The four file names of stem ``name``, by report key."""
-    return {
-        "clip": f"{name}.onnx",
-        "stream": f"{name}.stream.onnx",
-        "clip_int8": f"{name}.int8.onnx",
-        "stream_int8": f"{name}.stream.int8.onnx",
-    }
+    return {key: f"{name}{suffix}" for key, suffix in FILE_SUFFIXES.items()}
 
 
 def resolve_models(options: BenchOptions) -> ModelFiles:

@@ -3,77 +3,27 @@ report (:class:`~kws.bench.report.BenchReport`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from kws.bench.formatting import finite, hours_needed, ms, pct, pct_ci, rate, size, status, table
 from kws.bench.report import MODEL_FP32, MODEL_INT8, MODEL_STREAM_INT8, MODEL_TORCH, BenchReport
-from kws.bench.scoring import POISSON_CONFIDENCE, poisson_upper
+from kws.bench.scoring import POISSON_CONFIDENCE
 from kws.bench.speed import BENCH_THREADS, LATENCY_WARMUP, MS_PER_S
 from kws.bench.words import ENVELOPE_FRAME_SECONDS, WORD_DB_ABOVE_FLOOR, WORD_DB_BELOW_PEAK, WORD_MAX_INNER_GAP_SECONDS
 from kws.constants import UNKNOWN_LABEL
-from kws.evaluate import format_with_interval, wilson_interval
+from kws.evaluate import wilson_interval
 
-BYTES_PER_MIB = 1024.0 * 1024.0
 BYTES_PER_GIB = 2**30
 
 
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
-
-
-def pct_ci(x: float | None, interval: Sequence[float] | None, digits: int = 1) -> str:
-    """``"82.0% (77.4-86.0)"``: a proportion with its 95% confidence interval (Wilson score)."""
-    return "n/a" if x is None or not math.isfinite(x) else format_with_interval(x, interval, digits)
-
-
-def ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None or not math.isfinite(seconds) else f"{MS_PER_S * seconds:.0f} ms"
-
-
-def rate(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.2f}"
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024:.1f} KiB" if n < BYTES_PER_MIB else f"{n / BYTES_PER_MIB:.2f} MiB"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
-def _status(ok: bool, interval: Sequence[float] | None = None, target: float | None = None) -> str:
-    """PASS/FAIL; with a confidence interval that contains the target, a note that the data cannot tell."""
-    status = "PASS" if ok else "FAIL"
-    if interval is not None and target is not None and interval[0] <= target <= interval[1]:
-        status += " (the 95% CI includes the target)"
-    return status
-
-
-def hours_needed(fa_per_hour: float, confidence: float = POISSON_CONFIDENCE) -> float:
-    """Hours of audio without a false accept needed to show a rate below ``fa_per_hour`` at ``confidence``."""
-    return poisson_upper(0, confidence) / fa_per_hour
+# --------------------------------------------------------------------------------------------- sections
 
 
 def recall_interval(report: BenchReport) -> list[float]:
     """95% Wilson interval of the keyword recall at the shipped defaults."""
     d = report.streaming.default
     return list(wilson_interval(d.hits, d.keyword_events))
-
-
-# --------------------------------------------------------------------------------------------- sections
 
 
 def header_section(report: BenchReport) -> list[str]:
@@ -110,29 +60,29 @@ def requirements_section(report: BenchReport) -> list[str]:
             f"{len(report.checkpoint.labels)}-class accuracy, ONNX int8 (test split, {acc.clips} clips; 95% CI)",
             pct_ci(acc.accuracy, acc.accuracy_ci95, 2),
             f">= {pct(target.accuracy, 0)}",
-            _status(acc.accuracy >= target.accuracy, acc.accuracy_ci95, target.accuracy),
+            status(acc.accuracy >= target.accuracy, acc.accuracy_ci95, target.accuracy),
         ],
         [
             f"keyword recall on the stream ({d.keyword_events} keywords; 95% CI)",
             pct_ci(d.recall, recall_ci),
             f">= {pct(target.recall, 0)}",
-            _status(_finite(d.recall) and d.recall >= target.recall, recall_ci, target.recall),
+            status(finite(d.recall) and d.recall >= target.recall, recall_ci, target.recall),
         ],
         [
             f"false accepts per hour ({d.false_accepts} in {60 * nonkw_h:.1f} min of non-keyword audio; "
             f"{POISSON_CONFIDENCE:.0%} upper bound {rate(fa_upper)})",
             rate(fa),
             f"<= {target.fa_per_hour:g}",
-            _status(_finite(fa) and fa <= target.fa_per_hour),
+            status(finite(fa) and fa <= target.fa_per_hour),
         ],
         [
             "median detection latency (detection time - end of the word)",
             ms(d.latency_median_s),
             f"<= {ms(target.latency_s)}",
-            _status(_finite(d.latency_median_s) and d.latency_median_s <= target.latency_s),
+            status(finite(d.latency_median_s) and d.latency_median_s <= target.latency_s),
         ],
     ]
-    lines += _table(["requirement", "measured", "target", "status"], rows)
+    lines += table(["requirement", "measured", "target", "status"], rows)
     return [
         *lines,
         "",
@@ -152,7 +102,7 @@ def anchors_section(report: BenchReport) -> list[str]:
         "These come from other papers and projects, trained and tested on other data (this project trains "
         "on about 300 clips per keyword).",
         "",
-        *_table(["source", "data", "figure"], [[a.source, a.data, a.figure] for a in report.anchors]),
+        *table(["source", "data", "figure"], [[a.source, a.data, a.figure] for a in report.anchors]),
     ]
 
 
@@ -198,7 +148,7 @@ def data_section(report: BenchReport) -> list[str]:
         + (f", {data.skipped} unreadable files skipped" if data.skipped else ""),
         "",
     ]
-    lines += _table(["class", *labels], [["clips", *(str(data.per_class.get(k, 0)) for k in labels)]])
+    lines += table(["class", *labels], [["clips", *(str(data.per_class.get(k, 0)) for k in labels)]])
     ev = report.checkpoint.evaluation
     if ev:
         lines += [
@@ -231,7 +181,7 @@ def accuracy_section(report: BenchReport) -> list[str]:
         for k in labels
     ]
     rows += [["top-1 agreement with PyTorch", *(pct(acc[n].agreement_with_pytorch) for n in names)]]
-    return lines + _table(["class", *names], rows)
+    return lines + table(["class", *names], rows)
 
 
 def size_speed_section(report: BenchReport) -> list[str]:
@@ -241,8 +191,8 @@ def size_speed_section(report: BenchReport) -> list[str]:
     rows = [
         [
             MODEL_TORCH,
-            f"`{Path(ckpt.path).name}` (with optimizer state: {_size(ckpt.size_bytes)})",
-            _size(ckpt.weights_bytes) + " (float32 weights)",
+            f"`{Path(ckpt.path).name}` (with optimizer state: {size(ckpt.size_bytes)})",
+            size(ckpt.weights_bytes) + " (float32 weights)",
             f"{lat[MODEL_TORCH].median_ms:.2f}",
             f"{lat[MODEL_TORCH].p95_ms:.2f}",
         ]
@@ -253,15 +203,15 @@ def size_speed_section(report: BenchReport) -> list[str]:
             [
                 name,
                 f"`{Path(f.path).name}` ({f.quantization})",
-                _size(f.size_bytes),
+                size(f.size_bytes),
                 f"{lat[name].median_ms:.2f}",
                 f"{lat[name].p95_ms:.2f}",
             ]
         )
     for name, key in (("ONNX fp32 streaming", "stream"), (MODEL_STREAM_INT8, "stream_int8")):
         f = files[key]
-        rows.append([name, f"`{Path(f.path).name}` ({f.quantization})", _size(f.size_bytes), "-", "-"])
-    lines += _table(["model", "file", "size", "1-clip latency median (ms)", "p95 (ms)"], rows)
+        rows.append([name, f"`{Path(f.path).name}` ({f.quantization})", size(f.size_bytes), "-", "-"])
+    lines += table(["model", "file", "size", "1-clip latency median (ms)", "p95 (ms)"], rows)
     s = st.stats
     return [
         *lines,
@@ -311,7 +261,7 @@ def stream_section(report: BenchReport) -> list[str]:
         "",
         "### The stream",
         "",
-        *_table(["part", "minutes", "what"], rows),
+        *table(["part", "minutes", "what"], rows),
         "",
         f"Noise bed under everything: {comp.noise_source}, cross-faded stretches, each event's speech "
         f"at a random {comp.snr_db[0]:g}-{comp.snr_db[1]:g} dB over it (its active speech level; "
@@ -349,13 +299,13 @@ def defaults_section(report: BenchReport) -> list[str]:
         ],
         ["score-trace replay = live detections", "yes" if report.streaming.replay_matches_live else "**NO**"],
     ]
-    lines += _table(["figure", "value"], rows)
+    lines += table(["figure", "value"], rows)
     per_keyword = [
         [k, str(v.events), pct(v.recall), str(v.false_accepts), ms(v.latency_median_s)]
         for k, v in d.per_keyword.items()
     ]
     header = ["keyword", "events", "recall", "false accepts (as this keyword)", "median latency"]
-    return [*lines, "", *_table(header, per_keyword)]
+    return [*lines, "", *table(header, per_keyword)]
 
 
 def sweep_section(report: BenchReport) -> list[str]:
@@ -375,18 +325,9 @@ def sweep_section(report: BenchReport) -> list[str]:
         ]
         for r in report.streaming.sweep
     ]
-    header = [
-        "threshold",
-        "recall",
-        "miss rate",
-        "false accepts",
-        "FA/h (headline)",
-        "FA/h (whole stream)",
-        "FA/h (outside keywords)",
-        "latency median",
-        "p90",
-    ]
-    return ["", "### Threshold sweep (DET curve: det_curve.png)", "", *_table(header, rows)]
+    header = ["threshold", "recall", "miss rate", "false accepts", "FA/h (headline)", "FA/h (whole stream)",
+              "FA/h (outside keywords)", "latency median", "p90"]  # fmt: skip
+    return ["", "### Threshold sweep (DET curve: det_curve.png)", "", *table(header, rows)]
 
 
 def method_section(report: BenchReport) -> list[str]:
@@ -447,20 +388,10 @@ def figures_section(report: BenchReport) -> list[str]:
 
 
 SECTIONS = (
-    header_section,
-    requirements_section,
-    anchors_section,
-    machine_section,
-    data_section,
-    accuracy_section,
-    size_speed_section,
-    stream_section,
-    defaults_section,
-    sweep_section,
-    method_section,
-    caveats_section,
+    header_section, requirements_section, anchors_section, machine_section, data_section, accuracy_section,
+    size_speed_section, stream_section, defaults_section, sweep_section, method_section, caveats_section,
     figures_section,
-)
+)  # fmt: skip
 """The sections of ``bench.md``, in order."""
 
 

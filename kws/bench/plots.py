@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kws.bench.markdown import pct_ci
+from kws.bench.formatting import pct_ci
 from kws.bench.report import MODEL_FP32, MODEL_INT8, MODEL_TORCH, BenchReport, write_output
 from kws.bench.speed import MS_PER_S
 
