@@ -11,7 +11,8 @@ Modules (one concern each):
 * :mod:`~kws.bench.streaming`: the bench's stream from the test split, run through the live path;
 * :mod:`~kws.bench.report`: the typed report (``bench.json``), with the targets and published anchors
   (``anchors.json``);
-* :mod:`~kws.bench.markdown`, :mod:`~kws.bench.plots`: ``bench.md`` and the figures;
+* :mod:`~kws.bench.markdown` (with :mod:`~kws.bench.formatting`), :mod:`~kws.bench.plots`: ``bench.md`` and
+  the figures;
 * :mod:`~kws.bench.cli`: the command (``kws bench``).
 
 Importing this package imports nothing heavy (no torch, no onnxruntime).
