@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kws import distributed, run_folder, train_data
-from kws.checkpoint import CheckpointError, checkpoint_weights, load_weights
+from kws.checkpoint import WEIGHTS_KEY, CheckpointError, checkpoint_weights, load_weights
 from kws.config import ConfigError, RunConfig, TrainConfig, to_dict
 from kws.dataset import SplitData, prepare
 from kws.errors import KWSError
@@ -166,13 +166,13 @@ class _Training:
         summary: dict[str, Any],
         context: distributed.Context,
     ) -> dict[str, Any]:
-        """The checkpoint payload after ``epoch`` (1-based): ``model`` holds the weights that are validated and
+        """The checkpoint payload after ``epoch`` (1-based): ``eval_model`` holds the weights that are validated and
         exported (:attr:`scored`), ``train_model`` the trained ones, and the optimizer, scheduler (and fp16 loss
         scaler) states let ``--resume`` continue exactly."""
         payload = {
             "config": to_dict(config),
             "labels": labels,
-            "model": self.scored.state_dict(),
+            WEIGHTS_KEY: self.scored.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,

@@ -25,7 +25,7 @@ import torch
 import kws.distributed as kd
 import kws.train as train_module
 import kws.train_data as train_data
-from kws.checkpoint import load_checkpoint, model_from_checkpoint, run_config
+from kws.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint, run_config
 from kws.cli import main
 from kws.distributed import ShardedSampler
 from kws.errors import KWSError
@@ -40,7 +40,7 @@ SINGLE_PROCESS_KEYS = {
     "kws_version",
     "config",
     "labels",
-    "model",
+    WEIGHTS_KEY,
     "train_model",
     "optimizer",
     "scheduler",
@@ -301,7 +301,7 @@ def test_two_processes_hold_identical_weights(ddp_run: dict) -> None:
     for module in range(2):  # the training weights, then their moving average
         for name, tensor in ranks[0][module].items():
             torch.testing.assert_close(ranks[1][module][name], tensor, rtol=0, atol=0)
-            saved = last["train_model" if module == 0 else "model"][name]
+            saved = last["train_model" if module == 0 else WEIGHTS_KEY][name]
             torch.testing.assert_close(saved, tensor, rtol=0, atol=0)
 
 
@@ -314,7 +314,7 @@ def test_rank_0_alone_writes_a_single_process_checkpoint(ddp_run: dict) -> None:
     best = load_checkpoint(out / "best.pt")
     assert set(best) == set(single) == SINGLE_PROCESS_KEYS | {"evaluation"}
     assert best["world_size"] == 2 and single["world_size"] == 1
-    assert {k: v.shape for k, v in best["model"].items()} == {k: v.shape for k, v in single["model"].items()}
+    assert {k: v.shape for k, v in best[WEIGHTS_KEY].items()} == {k: v.shape for k, v in single[WEIGHTS_KEY].items()}
     assert best["config"] == single["config"]
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
@@ -391,7 +391,7 @@ def test_dead_rank_then_resume_repeats_the_run(ddp_run: dict, full_dataset: Path
     assert codes == [0, 0] and [o["status"] for o in outcomes] == ["ok", "ok"], outcomes
     a, b = load_checkpoint(ddp_run["out"] / "last.pt"), load_checkpoint(out / "last.pt")
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
-    for key in ("model", "train_model"):
+    for key in (WEIGHTS_KEY, "train_model"):
         for name in a[key]:
             torch.testing.assert_close(b[key][name], a[key][name], rtol=0, atol=0)
 

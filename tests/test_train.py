@@ -10,7 +10,7 @@ import torch
 
 import kws.run_folder as run_folder
 import kws.train as train_module
-from kws.checkpoint import load_checkpoint, model_from_checkpoint
+from kws.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint
 from kws.cli import main
 from support.tiny import tiny_run_config
 
@@ -56,8 +56,8 @@ def test_resume_continues_exactly(tmp_path: Path, full_dataset: Path, monkeypatc
 
     a, b = load_checkpoint(straight.parent / "last.pt"), load_checkpoint(resumed.parent / "last.pt")
     assert a["epoch"] == b["epoch"] == 3
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    for key in a[WEIGHTS_KEY]:
+        torch.testing.assert_close(a[WEIGHTS_KEY][key], b[WEIGHTS_KEY][key], rtol=0, atol=0)
 
 
 class TestBadInput:

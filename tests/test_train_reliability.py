@@ -25,6 +25,7 @@ import torch
 import kws.train as train_module
 import kws.train_cli as train_cli
 from kws.checkpoint import (
+    WEIGHTS_KEY,
     CheckpointError,
     load_checkpoint,
     lock_folder,
@@ -355,15 +356,15 @@ def _tamper(payload: dict, what: str) -> dict:
     elif what == "labels too few":
         p["labels"] = p["labels"][:-1]
     elif what == "weights a string":
-        p["model"] = "weights"
+        p[WEIGHTS_KEY] = "weights"
     elif what == "weights missing":
-        del p["model"]
+        del p[WEIGHTS_KEY]
     elif what == "weights with int keys":
-        p["model"] = {i: v for i, v in enumerate(p["model"].values())}
+        p[WEIGHTS_KEY] = {i: v for i, v in enumerate(p[WEIGHTS_KEY].values())}
     elif what == "weights of another shape":
-        p["model"] = {k: torch.zeros(3) for k in p["model"]}
+        p[WEIGHTS_KEY] = {k: torch.zeros(3) for k in p[WEIGHTS_KEY]}
     elif what == "weights not tensors":
-        p["model"] = {k: "x" for k in p["model"]}
+        p[WEIGHTS_KEY] = {k: "x" for k in p[WEIGHTS_KEY]}
     elif what == "version":
         p["version"] = "1"
     else:
