@@ -1,10 +1,21 @@
-"""The PyTorch model: streaming (frame by frame, carried state) equals the whole clip."""
+"""The PyTorch model: streaming (frame by frame, carried state) equals the whole clip; a checkpoint rebuilds it,
+whichever key its weights are saved under."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from kws.checkpoint import (
+    LEGACY_WEIGHTS_KEY,
+    WEIGHTS_KEY,
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from kws.config import FeatureConfig, ModelConfig
 from kws.model import KWSModel
 
@@ -45,3 +56,21 @@ def test_features_are_frame_local(model: KWSModel) -> None:
 def test_state_shapes(model: KWSModel) -> None:
     h, c = model.initial_state(3)
     assert h.shape == (2, 3, 24) and c.shape == (2, 3, 24)
+
+
+def test_checkpoints_with_the_old_weights_key_still_load(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``kws train`` saves the evaluated (EMA) weights under WEIGHTS_KEY; older checkpoints (runs/) under "model"."""
+    payload = load_checkpoint(tiny_checkpoint)
+    assert WEIGHTS_KEY in payload and LEGACY_WEIGHTS_KEY not in payload
+    weights = payload[WEIGHTS_KEY]
+    old = {k: v for k, v in payload.items() if k != WEIGHTS_KEY} | {LEGACY_WEIGHTS_KEY: weights}
+    save_checkpoint(tmp_path / "old.pt", old)
+    model, _, _ = model_from_checkpoint(tmp_path / "old.pt")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
+    both = old | {WEIGHTS_KEY: {k: torch.zeros_like(v) for k, v in weights.items()}}  # the new key wins
+    save_checkpoint(tmp_path / "both.pt", both)
+    assert all(not t.any() for t in model_from_checkpoint(tmp_path / "both.pt")[0].state_dict().values())
+    save_checkpoint(tmp_path / "none.pt", {k: v for k, v in old.items() if k != LEGACY_WEIGHTS_KEY})
+    with pytest.raises(CheckpointError, match="weights are missing"):
+        model_from_checkpoint(tmp_path / "none.pt")
