@@ -104,7 +104,7 @@ class TestWilsonInterval:
             accuracy(np.zeros(3, np.int64), labels)
 
     def test_bench_tables_show_the_intervals(self) -> None:
-        from kws.bench.markdown import pct_ci
+        from kws.bench.formatting import pct_ci
 
         assert pct_ci(0.82, list(wilson_interval(82, 100))) == "82.0% (73.3-88.3)"
         assert pct_ci(float("nan"), None) == "n/a"
