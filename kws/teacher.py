@@ -46,7 +46,6 @@ from kws.errors import KWSError
 from kws.evaluate import accuracy, format_report, split_report, write_report
 from kws.io import atomic_write, ensure_writable_dir
 from kws.teacher_cache import SOFT_LABELS, compute_embeddings, digest, embedding_key, load_npz, save_npz
-from kws.teacher_cache import load_soft_labels as load_soft_labels  # re-exported: `kws train --teacher` reads it here
 from kws.teacher_embedding import EMBEDDING_FILE, MEL_FILE, SAMPLE_RATE, SpeechEmbedding
 from kws.teacher_head import TeacherHead, head_logits, train_head
 

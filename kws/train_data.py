@@ -65,7 +65,7 @@ def make_objective(config: RunConfig, prepared: PreparedData, device: torch.devi
     tc, labels, train_data = config.train, prepared.labels, prepared.splits["train"]
     teacher_logits = None
     if tc.teacher:
-        from kws.teacher import load_soft_labels
+        from kws.teacher_cache import load_soft_labels
 
         teacher_logits = load_soft_labels(tc.teacher, labels, train_data.paths)
         logger.info(
