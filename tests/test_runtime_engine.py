@@ -16,8 +16,10 @@ from kws import format as F
 from kws.config import ConfigError
 from kws.runtime import SpotterConfig, StreamEngine, StreamingModel
 from support.exports import TorchReference, derive_model, noise, pooled_posteriors
+from support.synthetic import SAMPLE_RATE
+from support.tiny import HOP_SAMPLES, WINDOW_SAMPLES
 
-RATE, WINDOW, HOP = 16_000, 512, 320
+RATE, WINDOW, HOP = SAMPLE_RATE, WINDOW_SAMPLES, HOP_SAMPLES
 CONTEXT = WINDOW - HOP
 HOP_S = HOP / RATE
 POOL_FRAMES = 12

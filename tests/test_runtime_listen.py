@@ -25,11 +25,10 @@ from kws.runtime import microphone as runtime_microphone
 from kws.runtime import model as runtime_model
 from support.level import STANDARD_EVENTS, expected_keywords
 from support.synthetic import SAMPLE_RATE, plant_keywords
+from support.tiny import TINY_THRESHOLD
 from support.tools import REPO
 
-FIXTURE_THRESHOLD = "0.4"
-"""The tiny fixture model ranks the synthetic words first but with posteriors of only about 0.5 (see
-test_runtime_stream.py): the subprocess runs lower the threshold."""
+FIXTURE_THRESHOLD = str(TINY_THRESHOLD)
 LINE_TIMEOUT_S = 60
 
 

@@ -13,12 +13,10 @@ from kws import format as F
 from kws.runtime import KeywordSpotter, ModelError, SpotterConfig, StreamingModel, load_model
 from kws.runtime import model as runtime_model
 from support.exports import derive_model
-from support.tiny import TINY_LABELS
+from support.synthetic import SAMPLE_RATE
+from support.tiny import HOP_SAMPLES, TINY_HIDDEN, TINY_LABELS, TINY_LAYERS, WINDOW_SAMPLES
 
-RATE, WINDOW, HOP = 16_000, 512, 320
-"""The tiny model's sample rate, window (n_fft) and hop, in samples (the default FeatureConfig)."""
-LAYERS, HIDDEN = 2, 32
-"""The tiny recipe's LSTM (support.tiny)."""
+RATE, WINDOW, HOP = SAMPLE_RATE, WINDOW_SAMPLES, HOP_SAMPLES
 KEYWORDS = tuple(TINY_LABELS.split(","))
 LABELS = (C.SILENCE_LABEL, C.UNKNOWN_LABEL, *KEYWORDS)
 
@@ -31,8 +29,8 @@ class TestModelContract:
         assert (info.sample_rate, info.window_samples, info.hop_samples) == (RATE, WINDOW, HOP)
         assert info.context_samples == WINDOW - HOP
         assert [(s.input, s.output, s.shape) for s in info.states] == [
-            (F.STATE_H_IN, F.STATE_H_OUT, (LAYERS, "lanes", HIDDEN)),
-            (F.STATE_C_IN, F.STATE_C_OUT, (LAYERS, "lanes", HIDDEN)),
+            (F.STATE_H_IN, F.STATE_H_OUT, (TINY_LAYERS, "lanes", TINY_HIDDEN)),
+            (F.STATE_C_IN, F.STATE_C_OUT, (TINY_LAYERS, "lanes", TINY_HIDDEN)),
         ]
         assert (info.output, info.pooling, info.pool_frames) == (F.OUTPUT_LOGITS, "mean", 1 + (RATE - WINDOW) // HOP)
         assert info.quantization == quantization

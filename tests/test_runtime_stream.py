@@ -9,11 +9,7 @@ import soundfile as sf
 
 from kws.runtime import SpotterConfig, detect_audio, detect_file
 from support.synthetic import SAMPLE_RATE, plant_keywords
-
-FIXTURE_THRESHOLD = 0.4
-"""The tiny fixture model is trained for seconds: it ranks the planted words first but with posteriors of
-only about 0.5 for some ("no"/"down" are close), so these tests lower the threshold; they test the runtime's
-path on a real exported model, not the fixture's confidence."""
+from support.tiny import TINY_THRESHOLD
 
 
 def _assert_near_their_words(detections, truth, config: SpotterConfig) -> None:
@@ -35,7 +31,7 @@ def test_trained_model_finds_the_planted_words(tiny_exports, precision, tmp_path
     audio, truth = plant_keywords(words, gap_seconds=1.0, lead_seconds=0.5)
     path = tmp_path / "planted.wav"
     sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-    config = SpotterConfig(threshold=FIXTURE_THRESHOLD)
+    config = SpotterConfig(threshold=TINY_THRESHOLD)
     detections, stats = detect_file(getattr(tiny_exports, precision), path, config=config)
     assert stats.audio_seconds == pytest.approx(len(audio) / SAMPLE_RATE, abs=0.01)
     _assert_near_their_words(detections, truth, config)
@@ -48,7 +44,7 @@ def test_long_streams_keep_detecting_with_the_trained_model(tiny_exports):
     order, and one model call per chunk. ("yes" and "up": the words the tiny model never confuses.)"""
     words = [["yes", "up"][i % 2] for i in range(16)]
     audio, truth = plant_keywords(words, gap_seconds=6.85, lead_seconds=1.0)
-    config = SpotterConfig(threshold=FIXTURE_THRESHOLD)
+    config = SpotterConfig(threshold=TINY_THRESHOLD)
     detections, stats = detect_audio(tiny_exports.stream, audio, config=config)
     assert [d.keyword for d in detections] == words, detections
     _assert_near_their_words(detections, truth, config)

@@ -21,6 +21,7 @@ from kws import constants as C
 from kws.runtime import KeywordSpotter, SpotterConfig, StreamEngine
 from kws.runtime import config as runtime_config
 from support.synthetic import SAMPLE_RATE
+from support.tiny import HOP_SAMPLES
 
 LEVELS = {C.SILENCE_LABEL: 0.0, C.UNKNOWN_LABEL: 0.8, "yes": 0.4, "no": -0.4, "up": -3.0, "down": 3.0}
 """The level that gives each label of the tiny model its highest posterior ("up" and "down" are out of the
@@ -29,8 +30,8 @@ GAIN = 50.0
 RESOLUTION = 2.0**-16
 """Posteriors are multiples of this: float32 sums of them are exact, so the moving average (a difference of
 running sums) is exactly the same whatever the block sizes."""
-HOP_S = 0.02
-"""The tiny model's hop (320 samples at 16 kHz), in seconds."""
+HOP_S = HOP_SAMPLES / SAMPLE_RATE
+"""The tiny model's hop, in seconds."""
 
 
 def level_posteriors(levels: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
