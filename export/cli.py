@@ -28,13 +28,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from kws.export.pipeline import (
+from kws.export.options import (
     CALIBRATION_CLIPS,
     DEFAULT_NAME,
     QUANT_AUTO,
     QUANTIZATION_CHOICES,
-    export_checkpoint,
+    ExportOptions,
+    as_roots,
 )
+from kws.export.pipeline import export_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -111,20 +113,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = export_checkpoint(
-        args.checkpoint,
-        args.out,
+    options = ExportOptions(
         name=args.name,
-        calibration=args.calibration,
-        data=args.data,
-        split=args.split,
         quantization=args.quantization,
+        calibration=as_roots(args.calibration),
         calibration_clips=args.calibration_clips,
+        data=as_roots(args.data),
+        split=args.split,
         eval_clips=args.eval_clips,
         threads=args.threads,
         timing=not args.no_timing,
         per_channel=args.per_channel,
     )
+    result = export_checkpoint(args.checkpoint, args.out, options)
     print(result.format())
     print(f"report: {result.report_path}")
     return 0 if result.passed else 1

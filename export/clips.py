@@ -1,8 +1,7 @@
 """The clips an export runs its models on: real labelled clips (``--data``, ``--calibration``) or synthetic ones.
 
-Real clips are read with the split rule of the checkpoint's own training (:func:`kws.evaluate.resolve_split_mode`,
-shared with ``kws evaluate`` and ``kws bench``), so the accuracy columns never score a clip the model was
-trained on.
+Real clips are read with the split rule of the checkpoint's own training (:mod:`kws.evaluation_data`, shared
+with ``kws evaluate`` and ``kws bench``), so the accuracy columns never score a clip the model was trained on.
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ import numpy as np
 from kws.audio import int16_to_float
 from kws.checkpoint import run_config
 from kws.constants import SPLITS
-from kws.data import DataError, build_split, detect_layout, load_corpus
-from kws.evaluate import evaluation_data_config, resolve_split_mode
+from kws.data import DataError, build_split, detect_layout
+from kws.evaluation_data import evaluation_corpus
+from kws.export.options import ExportOptions, Source
 from kws.export.synthetic import speech_like_clips
 
 logger = logging.getLogger("kws.export.pipeline")  # the name kws export's log lines have always had
@@ -28,6 +28,9 @@ PARITY_CLIPS = 24
 """Clips in the float parity and streaming checks (real clips when a data folder is given)."""
 
 SYNTHETIC_SEED = 1234
+
+CALIBRATION_SPLIT = "train"
+"""The split of ``--calibration`` folders whose clips calibrate static quantization."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,11 @@ def load_clips(
 ) -> EvalSet:
     """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of Speech Commands folders.
 
-    Read with :mod:`kws.data`, the checkpoint's data rules and labels (words outside them are ``_unknown_``)
-    and the split rule of the checkpoint's own training (:func:`kws.evaluate.resolve_split_mode`). With
-    ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded).
+    The folders are scanned by the shared evaluation loader (:func:`kws.evaluation_data.evaluation_corpus`: the
+    checkpoint's data rules and labels, words outside them ``_unknown_``, and the split rule of the checkpoint's
+    own training); with ``limit=0`` the clips are those of :func:`kws.evaluation_data.load_evaluation_data`.
+    With ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded), and only
+    those are read (calibration: 200 clips of a training split of tens of thousands).
 
     Args:
         fallback: if ``split`` is empty, use every split (calibration clips need not be held out) and say so.
@@ -74,11 +79,8 @@ def load_clips(
 
     config = run_config(payload)
     labels = list(payload["labels"])
-    mode, _ = resolve_split_mode(payload, split_mode, split)
-    data_config = evaluation_data_config(config, roots)
-    corpus = load_corpus(data_config, mode)
-    if mode == "auto":
-        mode = "speaker-hash" if "archive" in corpus.layouts else "official"
+    scanned = evaluation_corpus(payload, roots, split, split_mode)
+    corpus, data_config, mode = scanned.corpus, scanned.config, scanned.split_mode
     splits = SPLITS if split == "all" else (split,)
     examples = [e for s in splits for e in build_split(corpus, labels, s, data_config, seed)]
     used = split
@@ -120,3 +122,54 @@ def synthetic_clips(clip_samples: int, sample_rate: int, count: int, seed: int =
     """float32 ``[count, clip_samples]``: speech-like words over a recording noise floor, background noise and
     zero-padded short recordings (:mod:`kws.export.synthetic`), the parity clips when no real clips are given."""
     return speech_like_clips(clip_samples, sample_rate, count, seed)
+
+
+def load_calibration(source: Source, options: ExportOptions) -> EvalSet:
+    """The ``--calibration`` clips: at most ``calibration_clips`` of their training split (else of every split)."""
+    return load_clips(
+        source.payload,
+        options.calibration,
+        CALIBRATION_SPLIT,
+        options.calibration_clips,
+        source.seed,
+        options.split_mode,
+        fallback=True,
+    )
+
+
+@dataclass(frozen=True)
+class ExportClips:
+    """The clips of one checked export.
+
+    Attributes:
+        parity: float32 ``[<= PARITY_CLIPS, clip_samples]``: the clips of the parity and streaming checks (spread
+            over the ``--data`` clips, else the ``--calibration`` clips, else synthetic).
+        parity_source: where they come from (for the log).
+        eval_set: the ``--data`` clips that measure accuracy, or None.
+        calibration: the ``--calibration`` clips, or None.
+    """
+
+    parity: np.ndarray
+    parity_source: str
+    eval_set: EvalSet | None
+    calibration: EvalSet | None
+
+
+def load_export_clips(source: Source, options: ExportOptions) -> ExportClips:
+    """Read the ``--data`` and ``--calibration`` clips and pick the parity clips among them (or make them)."""
+    eval_set = (
+        load_clips(source.payload, options.data, options.split, options.eval_clips, source.seed, options.split_mode)
+        if options.data
+        else None
+    )
+    calib_set = load_calibration(source, options) if options.calibration else None
+    real = eval_set if eval_set is not None else calib_set
+    features = source.config.features
+    if real is not None:
+        parity = real.audio[np.unique(np.linspace(0, len(real.audio) - 1, PARITY_CLIPS).round().astype(int))]
+        parity_source = real.source
+    else:
+        parity = synthetic_clips(features.clip_samples, features.sample_rate, PARITY_CLIPS)
+        parity_source = "synthetic speech-like clips"
+    logger.info("parity clips: %s", parity_source)
+    return ExportClips(parity, parity_source, eval_set, calib_set)

@@ -18,18 +18,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from kws.checkpoint import model_from_checkpoint, run_config
-from kws.config import RunConfig
-from kws.evaluate import resolve_split_mode
-from kws.export.clips import check_roots, load_clips
+from kws.evaluation_data import resolve_split_mode
+from kws.export.clips import CALIBRATION_SPLIT, check_roots
 from kws.export.onnx_export import ExportError, check_exportable, export_clip_model, export_stream_model, save_model
-from kws.export.options import ExportOptions, ExportPaths
+from kws.export.options import ExportOptions, ExportPaths, Source
 from kws.export.quantize import (
     ClipCalibrationReader,
     StreamCalibrationReader,
@@ -45,36 +42,6 @@ STAGING_INFIX = ".export-"
 """Staging folders are ``.NAME.export-PID-XXXXXXXX`` (PID: the exporting process)."""
 _STAGING = re.compile(r"^\..+\.export-(?P<rest>.+)$")
 
-CALIBRATION_SPLIT = "train"
-"""The split of ``--calibration`` folders whose clips calibrate static quantization."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """A checkpoint, loaded and known to be exportable.
-
-    Attributes:
-        model: the :class:`kws.model.KWSModel`, in eval mode.
-        labels: its labels, in score order.
-        payload: the whole checkpoint.
-        config: its run configuration.
-    """
-
-    model: Any
-    labels: list[str]
-    payload: dict[str, Any]
-    config: RunConfig
-
-    @property
-    def evaluation(self) -> Any:
-        """The evaluation the training recorded (copied into the models' metadata), or None."""
-        return self.payload.get("evaluation")
-
-    @property
-    def seed(self) -> int:
-        """The seed the checkpoint's training split its data with (also the seed choosing subsets of clips)."""
-        return self.config.train.seed
-
 
 def open_checkpoint(checkpoint: str | Path) -> Source:
     """Load ``checkpoint`` (CheckpointError if unusable) and check that it can be exported (ExportError)."""
@@ -84,30 +51,20 @@ def open_checkpoint(checkpoint: str | Path) -> Source:
     return Source(model, labels, payload, config)
 
 
-def check_data(source: Source, roots_and_splits: Sequence[tuple[Sequence[Path], str]], split_mode: str) -> None:
-    """Each folder is a Speech Commands folder and ``split_mode`` agrees with the checkpoint, before any slow work.
+def check_data(source: Source, options: ExportOptions, data: bool = True, calibration: bool = True) -> None:
+    """The ``--calibration`` and ``--data`` folders are Speech Commands folders and ``split_mode`` agrees with the
+    checkpoint's training for the splits read from them, before any slow work (DataError, EvaluationError).
 
     Args:
-        roots_and_splits: the folders, and the split read from them (``--data``: ``--split``; ``--calibration``:
-            ``train``).
+        data, calibration: whether the export reads ``options.data`` (its ``split``) and ``options.calibration``
+            (their training split).
     """
-    check_roots([root for roots, _ in roots_and_splits for root in roots])
-    for roots, split in roots_and_splits:
+    calibration_roots = options.calibration if calibration else ()
+    data_roots = options.data if data else ()
+    check_roots(calibration_roots + data_roots)
+    for roots, split in ((data_roots, options.split), (calibration_roots, CALIBRATION_SPLIT)):
         if roots:
-            resolve_split_mode(source.payload, split_mode, split)  # a contradicting split mode, before slow work
-
-
-def load_calibration(source: Source, options: ExportOptions) -> Any:
-    """The ``--calibration`` clips (an :class:`kws.export.clips.EvalSet`; its training split, else every split)."""
-    return load_clips(
-        source.payload,
-        options.calibration,
-        CALIBRATION_SPLIT,
-        options.calibration_clips,
-        source.seed,
-        options.split_mode,
-        fallback=True,
-    )
+            resolve_split_mode(source.payload, options.split_mode, split)  # a contradicting split mode
 
 
 # ---------------------------------------------------------------------------------------------- staging

@@ -1,6 +1,6 @@
 """What an export is asked to do (:class:`ExportOptions`) and the files it makes (:class:`ExportPaths`).
 
-Shared by :func:`kws.export.files.export_files` (write the four files) and
+Shared by :func:`kws.export.pipeline.export_files` (write the four files) and
 :func:`kws.export.pipeline.export_checkpoint` (write them, check them, choose the int8 variant).
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from kws.config import RunConfig
 from kws.export.onnx_export import ExportError
 from kws.format import QUANT_DYNAMIC, QUANT_NONE, QUANT_STATIC
 
@@ -103,7 +105,7 @@ class ExportOptions:
 
     @property
     def files_variant(self) -> str | None:
-        """The one int8 variant :func:`kws.export.files.export_files` makes (nothing measured, nothing to
+        """The one int8 variant :func:`kws.export.pipeline.export_files` makes (nothing measured, nothing to
         choose): static QDQ only when asked for by name, none for ``none``, else dynamic."""
         if self.quantization == QUANT_NONE:
             return None
@@ -134,3 +136,30 @@ class ExportPaths:
 
     def existing(self) -> list[Path]:
         return [p for p in self.all() if p.exists()]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checkpoint, loaded and known to be exportable (:func:`kws.export.files.open_checkpoint`).
+
+    Attributes:
+        model: the :class:`kws.model.KWSModel`, in eval mode.
+        labels: its labels, in score order.
+        payload: the whole checkpoint.
+        config: its run configuration.
+    """
+
+    model: Any
+    labels: list[str]
+    payload: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def evaluation(self) -> Any:
+        """The evaluation the training recorded (copied into the models' metadata), or None."""
+        return self.payload.get("evaluation")
+
+    @property
+    def seed(self) -> int:
+        """The seed the checkpoint's training split its data with (also the seed choosing subsets of clips)."""
+        return self.config.train.seed

@@ -207,7 +207,7 @@ class TestSplitRule:
         assert main([*argv[:-2], "--split-mode", "speaker-hash", "--out", str(tmp_path / "same")]) == 0
 
     def test_export_reads_its_clips_with_the_same_rule(self, multi_root_checkpoint, two_roots, tmp_path) -> None:
-        from kws.export.pipeline import export_checkpoint, load_clips
+        from kws.export.pipeline import ExportOptions, export_checkpoint, load_clips
 
         _, full = two_roots
         payload = load_checkpoint(multi_root_checkpoint)
@@ -217,7 +217,7 @@ class TestSplitRule:
         np.testing.assert_array_equal(clips.labels, ev.data.labels)
         assert "speaker-hash" in clips.source
         with pytest.raises(EvaluationError, match="contradicts"):
-            export_checkpoint(multi_root_checkpoint, tmp_path / "m", data=full, split_mode="official")
+            export_checkpoint(multi_root_checkpoint, tmp_path / "m", ExportOptions(data=full, split_mode="official"))
         assert not (tmp_path / "m").exists(), "refused before anything is written"
 
     def test_bench_refuses_a_contradicting_split_mode_first(self, multi_root_checkpoint, two_roots, tmp_path,

@@ -1,8 +1,8 @@
-"""kws export: ONNX round trip, PyTorch parity, streaming = whole clip, metadata, int8, errors, atomicity.
+"""kws export's files: ONNX round trip, PyTorch parity, streaming = whole clip, metadata, int8, atomic writes.
 
-The models are made here, untrained (a tiny one and, for the full `kws export` runs, a slightly larger one
-whose int8 file can meet the size check); their front-end normalisation is fitted on synthetic audio so the
-LSTM sees features of the usual scale. Real Speech Commands clips are used when ../shared/data is present.
+The models are untrained (tests/support/export_models.py), exported with ``export_files``. Real Speech Commands
+clips are used when ../shared/data is present. The command itself (errors, checks, the int8 choice):
+test_export_command.py.
 """
 
 from __future__ import annotations
@@ -20,26 +20,11 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 from kws import __version__  # noqa: E402
-from kws.checkpoint import save_checkpoint  # noqa: E402
-from kws.cli import main  # noqa: E402
-from kws.config import FeatureConfig, ModelConfig, RunConfig, from_dict, to_dict  # noqa: E402
+from kws.config import FeatureConfig, ModelConfig, from_dict  # noqa: E402
 from kws.export import checks  # noqa: E402
-from kws.export.onnx_export import (  # noqa: E402
-    ExportError,
-    export_clip_model,
-    export_stream_model,
-    read_metadata,
-    save_model,
-)
-from kws.export.pipeline import choose_quantization, sign_test, synthetic_clips  # noqa: E402
-from kws.export.quantize import (  # noqa: E402
-    QUANT_DYNAMIC,
-    QUANT_STATIC,
-    ClipCalibrationReader,
-    StreamCalibrationReader,
-    quantize_dynamic_model,
-    quantize_static_model,
-)
+from kws.export.clips import synthetic_clips  # noqa: E402
+from kws.export.onnx_export import read_metadata, save_model  # noqa: E402
+from kws.export.quantize import ClipCalibrationReader, StreamCalibrationReader, quantize_static_model  # noqa: E402
 from kws.export.streaming import (  # noqa: E402
     StreamBuffer,
     pool_scores,
@@ -67,37 +52,16 @@ from kws.format import (  # noqa: E402
     META_WINDOW_SAMPLES,
     OUTPUT_LOGITS,
     OUTPUT_SCORES,
+    QUANT_STATIC,
     STATE_C_IN,
     STATE_C_OUT,
     STATE_H_IN,
     STATE_H_OUT,
 )
-from kws.model import KWSModel  # noqa: E402
-from support.synthetic import KEYWORDS, synth_clip  # noqa: E402
+from support.export_models import EVALUATION, LABELS, export_model, make_model, torch_scores, word_clips  # noqa: E402
 
-LABELS = ["_silence_", "_unknown_", "yes", "no"]
-EVALUATION = {"test": {"accuracy": 0.75, "clips": 40}}
 TOL = checks.PARITY_TOLERANCE
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_commands_test_set_v0.02"
-
-
-def make_model(hidden: int = 16, layers: int = 2, pooling: str = "mean", proj: int = 0, seed: int = 0):
-    """An untrained model, its normalisation fitted on synthetic words (features ~ zero mean, unit std)."""
-    torch.manual_seed(seed)
-    config = RunConfig(
-        model=ModelConfig(hidden_size=hidden, num_layers=layers, n_labels=len(LABELS), pooling=pooling,
-                          proj_size=proj)
-    )  # fmt: skip
-    model = KWSModel(config.features, config.model)
-    model.frontend.fit_normalization(torch.from_numpy(word_clips(16, seed=seed + 100)))
-    return model.eval(), config
-
-
-def word_clips(count: int, seed: int = 0) -> np.ndarray:
-    """Synthetic 1 s "words" (tone patterns in noise, tests/support/synthetic.py) and one noise-only clip."""
-    rng = np.random.default_rng(seed)
-    words = [*KEYWORDS, "bed", "cat", None]
-    return np.stack([synth_clip(words[i % len(words)], rng) for i in range(count)]).astype(np.float32)
 
 
 def real_clips(count: int) -> np.ndarray:
@@ -110,37 +74,11 @@ def real_clips(count: int) -> np.ndarray:
     return np.stack([fit_length(sf.read(f, dtype="float32")[0], 16000) for f in files])
 
 
-def write_checkpoint(path: Path, model: KWSModel, config: RunConfig, evaluation=EVALUATION) -> Path:
-    payload = {"config": to_dict(config), "labels": LABELS, "model": model.state_dict()}
-    if evaluation is not None:
-        payload["evaluation"] = evaluation
-    save_checkpoint(path, payload)
-    return path
-
-
-def torch_scores(model: KWSModel, clips: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return torch.softmax(model.classify(torch.from_numpy(clips)), -1).numpy()
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The tiny model, its float ONNX files and a dynamic int8 streaming + clip model."""
+    """The tiny model, its float ONNX files and a dynamic int8 streaming + clip model (``export_files``)."""
     model, config = make_model()
-    out = tmp_path_factory.mktemp("tiny")
-    files = {"clip": out / "kws.onnx", "stream": out / "kws.stream.onnx"}
-    save_model(export_clip_model(model, LABELS, EVALUATION), files["clip"])
-    save_model(export_stream_model(model, LABELS, EVALUATION), files["stream"])
-    files["clip_int8"], files["stream_int8"] = out / "kws.int8.onnx", out / "kws.stream.int8.onnx"
-    quantize_dynamic_model(files["clip"], files["clip_int8"])
-    quantize_dynamic_model(files["stream"], files["stream_int8"])
-    return model, config, files
-
-
-def run_cli(capsys, *args: str | Path) -> tuple[int, str, str]:
-    code = main(["export", *map(str, args)])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return model, config, export_model(model, config, tmp_path_factory.mktemp("tiny"))
 
 
 # ------------------------------------------------------------------------------------------- round trip
@@ -292,9 +230,8 @@ class TestStreaming:
 
     def test_last_frame_pooling(self, tmp_path):
         model, config = make_model(hidden=8, layers=1, pooling="last")
-        clip_path, stream_path = tmp_path / "c.onnx", tmp_path / "s.onnx"
-        save_model(export_clip_model(model, LABELS), clip_path)
-        save_model(export_stream_model(model, LABELS), stream_path)
+        files = export_model(model, config, tmp_path, evaluation=None, quantization="none")
+        clip_path, stream_path = files["clip"], files["stream"]
         clips = word_clips(3)
         whole = checks.onnx_clip_scores(ort.InferenceSession(str(clip_path)), clips)
         assert np.abs(whole - torch_scores(model, clips)).max() <= TOL
@@ -422,95 +359,6 @@ class TestInt8:
         assert checks.check_int8("q", files["clip"], files["clip_int8"], fp32, int8)[1].passed is ok
         assert checks.check_int8("q", files["clip"], files["clip_int8"], None, None)[1].passed is None
 
-    def test_choice_is_dynamic_unless_static_is_measurably_better(self):
-        def variant(hits: list[bool], us: float = 200.0, passed: bool = True) -> dict:
-            return {"passed": passed, "hits": np.array(hits), "what": "accuracy", "stream_us": us}
-
-        base = [True] * 80 + [False] * 20
-        dyn = variant(base)
-        one_more = variant([True] * 81 + [False] * 19)  # +1 clip: not significant
-        many_more = variant([True] * 95 + [False] * 5)  # +15 clips, all discordant the same way
-        faster = variant(base, us=150.0)
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: variant(base, us=195.0)})[0] == QUANT_DYNAMIC
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: one_more})[0] == QUANT_DYNAMIC
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: many_more})[0] == QUANT_STATIC
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: faster})[0] == QUANT_STATIC
-        failing = variant([True] * 95 + [False] * 5, passed=False)
-        assert choose_quantization({QUANT_DYNAMIC: dyn, QUANT_STATIC: failing})[0] == QUANT_DYNAMIC
-        assert choose_quantization({QUANT_STATIC: many_more})[0] == QUANT_STATIC
-
-    def test_sign_test(self):
-        assert sign_test(0, 0) == 1.0 and sign_test(1, 0) == 1.0
-        assert sign_test(10, 0) == pytest.approx(2 / 1024)
-        assert sign_test(6, 4) == sign_test(4, 6) > 0.5
-
-
-# ----------------------------------------------------------------------------------------------- errors
-
-
-class TestErrors:
-    def assert_one_line_error(self, code: int, err: str, *fragments: str) -> None:
-        assert code == 2
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("kws export: error:"), err
-        assert "Traceback" not in err
-        for fragment in fragments:
-            assert fragment in lines[0], (fragment, lines[0])
-
-    def test_missing_checkpoint(self, tmp_path, capsys):
-        code, _, err = run_cli(capsys, tmp_path / "nope.pt", "-o", tmp_path / "out")
-        self.assert_one_line_error(code, err, "nope.pt", "does not exist")
-        assert not (tmp_path / "out").exists()
-
-    def test_corrupt_checkpoint(self, tmp_path, capsys):
-        path = tmp_path / "corrupt.pt"
-        path.write_bytes(b"\x00garbage" * 100)
-        code, _, err = run_cli(capsys, path, "-o", tmp_path / "out")
-        self.assert_one_line_error(code, err, "corrupt.pt", "not a readable checkpoint")
-
-    def test_not_a_kws_checkpoint(self, tmp_path, capsys):
-        path = tmp_path / "other.pt"
-        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
-        code, _, err = run_cli(capsys, path, "-o", tmp_path / "out")
-        self.assert_one_line_error(code, err, "not a kws checkpoint")
-
-    def test_projection_cannot_be_exported(self, tmp_path, capsys):
-        model, config = make_model(hidden=16, proj=8)
-        path = write_checkpoint(tmp_path / "proj.pt", model, config)
-        code, _, err = run_cli(capsys, path, "-o", tmp_path / "out")
-        self.assert_one_line_error(code, err, "proj_size=8")
-        with pytest.raises(ExportError):
-            export_stream_model(model, LABELS)
-
-    @pytest.fixture
-    def checkpoint(self, tmp_path):
-        model, config = make_model(hidden=8, layers=1)
-        return write_checkpoint(tmp_path / "ok.pt", model, config)
-
-    def test_unwritable_output_folder(self, tmp_path, capsys, checkpoint):
-        blocker = tmp_path / "a-file"
-        blocker.write_text("not a folder")
-        code, _, err = run_cli(capsys, checkpoint, "-o", blocker / "out")
-        self.assert_one_line_error(code, err, "cannot write to output folder")
-        code, _, err = run_cli(capsys, checkpoint, "-o", blocker)
-        self.assert_one_line_error(code, err, "not a folder")
-
-    def test_missing_calibration_data(self, tmp_path, capsys, checkpoint):
-        missing = tmp_path / "nodata"
-        code, _, err = run_cli(capsys, checkpoint, "-o", tmp_path / "out", "--calibration", missing)
-        self.assert_one_line_error(code, err, "nodata", "does not exist")
-        assert not (tmp_path / "out").exists()
-
-    def test_calibration_folder_that_is_not_speech_commands(self, tmp_path, capsys, checkpoint):
-        (tmp_path / "junk" / "sub").mkdir(parents=True)
-        (tmp_path / "junk" / "sub" / "readme.txt").write_text("hello")
-        code, _, err = run_cli(capsys, checkpoint, "-o", tmp_path / "out", "--data", tmp_path / "junk")
-        self.assert_one_line_error(code, err, "not a Speech Commands folder")
-
-    def test_static_without_calibration(self, tmp_path, capsys, checkpoint):
-        code, _, err = run_cli(capsys, checkpoint, "-o", tmp_path / "out", "--quantization", "static")
-        self.assert_one_line_error(code, err, "--calibration")
-
 
 # ------------------------------------------------------------------------------------------- atomicity
 
@@ -535,51 +383,3 @@ class TestAtomicWrites:
     def test_written_files_are_readable_by_others(self, tiny):
         _, _, files = tiny
         assert all(os.stat(p).st_mode & 0o044 for p in files.values())
-
-
-# ------------------------------------------------------------------------------------ kws export (CLI)
-
-
-@pytest.fixture(scope="module")
-def cli_checkpoint(tmp_path_factory) -> Path:
-    """A model large enough for its int8 file to meet the size check (the front end's share is fixed)."""
-    model, config = make_model(hidden=128, layers=2, seed=3)
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, config)
-
-
-@pytest.mark.slow
-class TestCommand:
-    def test_export_with_data_passes_and_installs_everything(self, cli_checkpoint, full_dataset, tmp_path,
-                                                             capsys):  # fmt: skip
-        out = tmp_path / "models"
-        data = ("--calibration", full_dataset, "--data", full_dataset, "--split", "all")
-        code, printed, _ = run_cli(capsys, cli_checkpoint, "-o", out, *data, "--calibration-clips", "24")
-        assert code == 0, printed
-        names = sorted(p.name for p in out.iterdir())
-        onnx_files = ["kws.int8.onnx", "kws.onnx", "kws.stream.int8.onnx", "kws.stream.onnx"]
-        assert names == ["kws.export.json", *onnx_files]
-        for text in ("fp32 parity", "streaming = whole clip", "ReferenceEvaluator", "ONNX int8 dynamic",
-                     "ONNX int8 static-qdq", "int8 shipped:"):  # fmt: skip
-            assert text in printed, text
-        report = json.loads((out / "kws.export.json").read_text())
-        assert report["passed"] and report["quantization"] in (QUANT_DYNAMIC, QUANT_STATIC)
-        assert read_metadata(out / "kws.stream.int8.onnx")[META_QUANTIZATION] == report["quantization"]
-        rows = {r["name"]: r for r in report["models"]}
-        assert rows["ONNX fp32"]["accuracy"] == pytest.approx(rows["PyTorch"]["accuracy"], abs=1e-9)
-
-    def test_failed_check_exits_1_keeps_the_report_and_the_good_files(self, cli_checkpoint, tmp_path, capsys,
-                                                                       monkeypatch):  # fmt: skip
-        out = tmp_path / "models"
-        code, _, _ = run_cli(capsys, cli_checkpoint, "-o", out, "--no-timing")
-        assert code == 0
-        before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".onnx"}
-        monkeypatch.setattr(checks, "PARITY_TOLERANCE", -1.0)  # now the streaming checks cannot pass
-        code, printed, _ = run_cli(capsys, cli_checkpoint, "-o", out, "--no-timing")
-        assert code == 1
-        assert "FAIL" in printed and "nothing installed" in printed
-        assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".onnx"} == before
-        rejected = out / "kws.rejected"
-        report = json.loads((rejected / "kws.export.json").read_text())
-        assert not report["passed"] and any(c["status"] == "FAIL" for c in report["checks"])
-        assert (rejected / "kws.stream.int8.onnx").is_file()
-        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left

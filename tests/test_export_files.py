@@ -14,8 +14,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from kws.checkpoint import save_checkpoint  # noqa: E402
-from kws.config import ModelConfig, RunConfig, to_dict  # noqa: E402
 from kws.export.onnx_export import ExportError, read_metadata  # noqa: E402
 from kws.export.pipeline import ExportOptions, ExportPaths, export_checkpoint, export_files  # noqa: E402
 from kws.format import (  # noqa: E402
@@ -23,19 +21,13 @@ from kws.format import (  # noqa: E402
     QUANT_DYNAMIC,
     QUANT_STATIC,
 )
-from kws.model import KWSModel  # noqa: E402
-
-LABELS = ["_silence_", "_unknown_", "yes", "no"]
+from support.export_models import make_model, write_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(hidden_size=8, num_layers=1, n_labels=len(LABELS)))
-    model = KWSModel(config.features, config.model).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    save_checkpoint(path, {"config": to_dict(config), "labels": LABELS, "model": model.state_dict()})
-    return path
+    model, config = make_model(hidden=8, layers=1)
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.pt", model, config)
 
 
 def names(folder: Path) -> list[str]:
@@ -52,7 +44,7 @@ def test_writes_the_four_files_dynamic_by_default(checkpoint, tmp_path) -> None:
 
 def test_the_same_bytes_as_the_checked_export(checkpoint, tmp_path) -> None:
     files = export_files(checkpoint, tmp_path / "files", ExportOptions(name="m"))
-    checked = export_checkpoint(checkpoint, tmp_path / "checked", name="m", timing=False)
+    checked = export_checkpoint(checkpoint, tmp_path / "checked", ExportOptions(name="m", timing=False))
     assert checked.quantization == QUANT_DYNAMIC  # (this tiny model's int8 file fails the size check: rejected)
     for mine, theirs in zip(files.all(), checked.paths.all(), strict=True):
         assert mine.name == theirs.name and mine.read_bytes() == theirs.read_bytes(), mine.name
