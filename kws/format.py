@@ -69,11 +69,10 @@ LANES_DIM, BATCH_DIM, FRAMES_DIM = "lanes", "batch", "k"
 KIND_CLIP, KIND_STREAM = "clip", "stream"
 """``kws.kind``: the whole-clip model or the streaming step."""
 
-POOL_NONE, POOL_LAST, POOL_MEAN = "none", "last", "mean"
+POOL_LAST, POOL_MEAN = "last", "mean"
 POOLINGS: tuple[str, ...] = (POOL_MEAN, POOL_LAST)
 """``kws.pooling`` (also ``ModelConfig.pooling``): a clip's scores are the softmax of the mean of its frames'
-logits (``mean``) or of the last frame's (``last``). :data:`POOL_NONE` is the runtime's name for a graph that
-outputs per-frame softmax ``scores`` itself (never written)."""
+logits (``mean``) or of the last frame's (``last``)."""
 
 QUANT_NONE, QUANT_DYNAMIC, QUANT_STATIC = "none", "dynamic", "static-qdq"
 """``kws.quantization``: float, onnxruntime dynamic int8, or static int8 in QDQ format (one spelling each: the

@@ -18,10 +18,9 @@ boundaries: the period and the offsets are multiples of the chunk (see
 call, so its posteriors are one slice of the model output (no per-frame Python work). With
 ``reset_period_ms=0`` (1 lane) the state is carried forever.
 
-Posteriors: a model that outputs per-frame ``scores`` (softmax) is read as is; one that outputs per-frame
-``logits`` is pooled as its whole-clip twin pools a clip (``kws.pooling``): softmax of the frame's logits
-(``last``), or softmax of the mean of the read lane's last ``kws.pool_frames`` logits (``mean``,
-:class:`LogitPool`).
+Posteriors: the per-frame ``logits`` are pooled as the whole-clip twin pools a clip (``kws.pooling``):
+softmax of the frame's logits (``last``), or softmax of the mean of the read lane's last ``kws.pool_frames``
+logits (``mean``, :class:`LogitPool`).
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from time import perf_counter
 import numpy as np
 
 from kws.config import ConfigError
-from kws.format import POOL_LAST, POOL_MEAN, frames_in
+from kws.format import POOL_MEAN, frames_in
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
 from kws.runtime.model import BoundStep, StreamingModel
 
@@ -88,7 +87,6 @@ class StreamEngine:
         self._step_runner = BoundStep(model, self._buffer, self.lanes)
         n_labels = len(info.labels)
         self._pool = LogitPool(self.lanes, info.pool_frames, n_labels) if info.pooling == POOL_MEAN else None
-        self._softmax = info.pooling == POOL_LAST
         self.reset()
 
     def _check_memory(self, model: StreamingModel) -> None:
@@ -198,9 +196,7 @@ class StreamEngine:
         if self._pool is not None:
             context = self.frames - self._last_reset[self.read_lane]
             return start, self._pool.process(outputs, self.read_lane, context)
-        if self._softmax:
-            return start, softmax(outputs[self.read_lane])
-        return start, outputs[self.read_lane].copy()
+        return start, softmax(outputs[self.read_lane])
 
     def lane_context(self) -> list[int]:
         """Frames each lane has run since its last reset (or since the stream started)."""

@@ -22,7 +22,6 @@ from kws.format import (
     OUTPUT_SCORES,
     POOL_LAST,
     POOL_MEAN,
-    POOL_NONE,
     POOLINGS,
     UNKNOWN,
     ModelError,
@@ -50,8 +49,9 @@ class ModelInfo:
         hop_samples: samples between frames.
         clip_samples: length of a training clip (samples).
         states: recurrent state tensors (empty for a clip model).
-        output: the per-frame output of a streaming graph: ``scores`` (softmax) or ``logits``.
-        pooling: :data:`POOL_NONE` for ``scores``; :data:`POOL_LAST` or :data:`POOL_MEAN` for ``logits``.
+        output: the graph's scores output: ``logits`` per frame (streaming model) or ``scores`` (clip model).
+        pooling: how a streaming model's frame logits become a clip's scores: :data:`POOL_LAST` or
+            :data:`POOL_MEAN` (``kws.pooling``; as written for a clip model).
         pool_frames: frames pooled by :data:`POOL_MEAN` (one clip's frames).
         quantization: ``"none"``, ``"dynamic"`` or ``"static-qdq"`` (``"unknown"`` if absent).
         version: kws version that exported the model (``"unknown"`` if absent).
@@ -66,8 +66,8 @@ class ModelInfo:
     hop_samples: int
     clip_samples: int
     states: tuple[StateSpec, ...]
-    output: str = OUTPUT_SCORES
-    pooling: str = POOL_NONE
+    output: str = OUTPUT_LOGITS
+    pooling: str = POOL_MEAN
     pool_frames: int = 1
     quantization: str = UNKNOWN
     version: str = UNKNOWN
@@ -149,20 +149,18 @@ def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
     kind, states = parsed.kind, parsed.states
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    output = OUTPUT_LOGITS if OUTPUT_LOGITS in outputs and kind == KIND_STREAM else OUTPUT_SCORES
+    output = OUTPUT_LOGITS if kind == KIND_STREAM else OUTPUT_SCORES
     need_in = [INPUT_AUDIO, *(s.input for s in states)]
     need_out = [s.output for s in states]
     problems = [f"input {n!r}" for n in need_in if n not in inputs]
     problems += [f"output {n!r}" for n in need_out if n not in outputs]
     if output not in outputs:
-        problems.append(f"output {OUTPUT_SCORES!r} or {OUTPUT_LOGITS!r}" if kind == KIND_STREAM
-                        else f"output {OUTPUT_SCORES!r}")  # fmt: skip
+        problems.append(f"output {output!r}")
     if problems:
         raise ModelError(f"{path}: graph has no {', '.join(problems)} (has inputs {sorted(inputs)}, "
                          f"outputs {sorted(outputs)})")  # fmt: skip
-    pooling, pool_frames = POOL_NONE, 1
-    if output == OUTPUT_LOGITS:
-        pooling, pool_frames = parsed.pooling, parsed.pool_frames
+    pooling, pool_frames = parsed.pooling, parsed.pool_frames
+    if kind == KIND_STREAM:
         if pooling not in POOLINGS:
             raise ModelError(
                 f"{path}: a model with per-frame {OUTPUT_LOGITS!r} needs metadata {META_POOLING} "
@@ -227,7 +225,7 @@ class StreamingModel:
             states: per :attr:`info.states`, float32 with ``lanes`` on the lane axis.
 
         Returns:
-            per-frame ``info.output`` (scores or logits) ``[lanes, k, n_labels]``, and the states after the
+            per-frame ``info.output`` (logits) ``[lanes, k, n_labels]``, and the states after the
             k frames.
         """
         return self._run(self.feeds(audio, states))
@@ -262,7 +260,7 @@ class BoundStep:
     """Streaming calls on preallocated buffers (onnxruntime IO binding), for the steady state of a stream.
 
     The audio input is always ``audio`` (a fixed ``[1, context + k * hop]`` buffer the caller refills in
-    place), the per-frame outputs (``info.output``: scores or logits) land in :attr:`outputs` (overwritten by
+    place), the per-frame outputs (``info.output``: logits) land in :attr:`outputs` (overwritten by
     every call) and the states alternate between two
     preallocated buffers per state tensor (ping-pong), so a call allocates nothing. :attr:`states` are the
     current input states, which the caller may modify in place (lane resets).
