@@ -1,6 +1,6 @@
 """The clips an export runs its models on: real labelled clips (``--data``, ``--calibration``) or synthetic ones.
 
-Real clips are read with the split rule of the checkpoint's own training (:mod:`kws.evaluation_data`, shared
+Real clips are read with the split rule of the checkpoint's own training (:mod:`kws.train.evaluation_data`, shared
 with ``kws evaluate`` and ``kws bench``), so the accuracy columns never score a clip the model was trained on.
 """
 
@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from kws.audio import int16_to_float
-from kws.checkpoint import run_config
 from kws.constants import SPLITS
-from kws.data import DataError, build_split, detect_layout
-from kws.evaluation_data import evaluation_corpus
+from kws.data.audio import int16_to_float
+from kws.data.layout import DataError, build_split, detect_layout
 from kws.export.options import ExportOptions, Source
 from kws.export.synthetic import speech_like_clips
+from kws.model.checkpoint import run_config
+from kws.train.evaluation_data import evaluation_corpus
 
 logger = logging.getLogger("kws.export.pipeline")  # the name kws export's log lines have always had
 
@@ -63,9 +63,9 @@ def load_clips(
 ) -> EvalSet:
     """Labelled clips of ``split`` (``train``/``validation``/``test``/``all``) of Speech Commands folders.
 
-    The folders are scanned by the shared evaluation loader (:func:`kws.evaluation_data.evaluation_corpus`: the
+    The folders are scanned by the shared evaluation loader (:func:`kws.train.evaluation_data.evaluation_corpus`: the
     checkpoint's data rules and labels, words outside them ``_unknown_``, and the split rule of the checkpoint's
-    own training); with ``limit=0`` the clips are those of :func:`kws.evaluation_data.load_evaluation_data`.
+    own training); with ``limit=0`` the clips are those of :func:`kws.train.evaluation_data.load_evaluation_data`.
     With ``limit > 0`` at most ``limit`` clips are kept, spread evenly over the classes (seeded), and only
     those are read (calibration: 200 clips of a training split of tens of thousands).
 
@@ -75,7 +75,7 @@ def load_clips(
     Raises:
         DataError: no clips (of ``split``, unless ``fallback``).
     """
-    from kws.dataset import load_noises, load_split
+    from kws.data.splits import load_noises, load_split
 
     config = run_config(payload)
     labels = list(payload["labels"])

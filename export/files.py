@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.checkpoint import model_from_checkpoint, run_config
-from kws.evaluation_data import resolve_split_mode
 from kws.export.clips import CALIBRATION_SPLIT, check_roots
 from kws.export.onnx_export import ExportError, check_exportable, export_clip_model, export_stream_model, save_model
 from kws.export.options import ExportOptions, ExportPaths, Source
@@ -35,6 +33,8 @@ from kws.export.quantize import (
 )
 from kws.format import QUANT_DYNAMIC, QUANT_STATIC
 from kws.io import ensure_writable_dir, pid_alive
+from kws.model.checkpoint import model_from_checkpoint, run_config
+from kws.train.evaluation_data import resolve_split_mode
 
 logger = logging.getLogger("kws.export.pipeline")  # the name kws export's log lines have always had
 

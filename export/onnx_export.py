@@ -28,7 +28,6 @@ from torch import nn
 from kws import __version__
 from kws.config import FeatureConfig, ModelConfig, to_dict
 from kws.errors import KWSError
-from kws.features import MFCCFrontend
 from kws.format import (
     BATCH_DIM,
     FRAMES_DIM,
@@ -44,7 +43,8 @@ from kws.format import (
     lstm_state_specs,
 )
 from kws.io import atomic_write
-from kws.model import KWSModel
+from kws.model.features import MFCCFrontend
+from kws.model.network import KWSModel
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ class ExportOptions:
         data: Speech Commands folder(s) whose ``split`` clips measure accuracy (PyTorch, fp32, int8).
         split: ``train``, ``validation``, ``test`` or ``all``: the clips of ``data`` that measure accuracy.
         split_mode: how ``data`` and ``calibration`` are split: ``auto`` is the rule of the checkpoint's
-            training; a mode that contradicts it is refused (:func:`kws.evaluation_data.resolve_split_mode`).
+            training; a mode that contradicts it is refused (:func:`kws.train.evaluation_data.resolve_split_mode`).
         eval_clips: at most this many clips of ``data``, spread over the classes (0: the whole split).
         threads: intra-op threads for the latency measurements.
         timing: measure latencies (the tests turn this off).
@@ -143,7 +143,7 @@ class Source:
     """A checkpoint, loaded and known to be exportable (:func:`kws.export.files.open_checkpoint`).
 
     Attributes:
-        model: the :class:`kws.model.KWSModel`, in eval mode.
+        model: the :class:`kws.model.network.KWSModel`, in eval mode.
         labels: its labels, in score order.
         payload: the whole checkpoint.
         config: its run configuration.

@@ -14,7 +14,7 @@ a killed export (its process is gone) is removed, with a log line, the next time
 folder (:mod:`kws.export.files`).
 
 Real clips (``--data``, ``--calibration``) are read with the split rule of the checkpoint's own training
-(:mod:`kws.evaluation_data`, shared with ``kws evaluate`` and ``kws bench``), so the accuracy columns never
+(:mod:`kws.train.evaluation_data`, shared with ``kws evaluate`` and ``kws bench``), so the accuracy columns never
 score a clip the model was trained on (:mod:`kws.export.clips`).
 """
 

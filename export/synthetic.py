@@ -14,7 +14,7 @@ So the clips here are made like recordings of short words:
 * **word levels** of -40 to -14 dBFS (active speech) over a **recording noise floor** of -70 to -45 dBFS,
   at least 15 dB below the word (coloured noise: every band has energy, as with a real microphone);
 * clips of **background noise only** (-55 to -25 dBFS), like the ``_silence_`` class;
-* **short recordings zero-padded** to the clip length, as ``kws.audio.fit_length`` pads short files;
+* **short recordings zero-padded** to the clip length, as ``kws.data.audio.fit_length`` pads short files;
 * **16-bit quantisation**, as every Speech Commands file has.
 
 Seeded: the same arguments give the same clips.

@@ -15,11 +15,14 @@ from kws import __version__
 from kws.errors import KWSError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "download": ("kws.download", "fetch and verify the official Speech Commands archives"),
-    "train": ("kws.train_cli", "train a stacked-LSTM keyword model on Speech Commands"),
-    "teacher": ("kws.teacher", "train the pretrained-embedding teacher whose soft labels `kws train --teacher` learns"),
-    "tts": ("kws.tts", "synthesise extra training clips with espeak-ng (train-only data)"),
-    "evaluate": ("kws.evaluate", "accuracy, per-class precision/recall and a confusion matrix of a checkpoint"),
+    "download": ("kws.data.download", "fetch and verify the official Speech Commands archives"),
+    "train": ("kws.train.cli", "train a stacked-LSTM keyword model on Speech Commands"),
+    "teacher": (
+        "kws.teacher.build",
+        "train the pretrained-embedding teacher whose soft labels `kws train --teacher` learns",
+    ),
+    "tts": ("kws.data.tts", "synthesise extra training clips with espeak-ng (train-only data)"),
+    "evaluate": ("kws.train.evaluate", "accuracy, per-class precision/recall and a confusion matrix of a checkpoint"),
     "export": ("kws.export.cli", "export a checkpoint to ONNX (whole-clip + streaming, fp32 + int8), checked"),
     "listen": ("kws.runtime.listen", "detect keywords live from a microphone, a file or stdin (no torch)"),
     "bench": ("kws.bench.cli", "accuracy, size, speed and streaming detection quality, side by side"),

@@ -277,12 +277,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """How ``kws teacher`` embeds clips and trains its head (:mod:`kws.teacher`); saved in ``teacher.pt``.
+    """How ``kws teacher`` embeds clips and trains its head (:mod:`kws.teacher.build`); saved in ``teacher.pt``.
 
     Attributes:
         pad_seconds: zeros added before and after each clip before embedding (0.5: a 1 s clip becomes 2 s and
             gives 16 windows, the first and last of which overlap the clip by 275 ms).
-        augment_views: extra augmented copies of each training clip (:class:`kws.augment.Augmenter`, default
+        augment_views: extra augmented copies of each training clip (:class:`kws.data.augment.Augmenter`, default
             waveform augmentation, no context) embedded and added to the head's training set.
         pooling: how the head reduces the ``[windows, 96]`` sequence: ``"mean-max"`` (mean and max over the
             windows of per-window MLP features), ``"attention"`` (learned weights over the windows instead of the

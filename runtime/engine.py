@@ -38,7 +38,7 @@ from kws.runtime.model import BoundStep, StreamingModel
 logger = logging.getLogger(__name__)
 
 INT16_SCALE = np.float32(1.0 / 32768.0)
-"""int16 PCM -> float in [-1, 1) (as :func:`kws.audio.int16_to_float`)."""
+"""int16 PCM -> float in [-1, 1) (as :func:`kws.data.audio.int16_to_float`)."""
 
 MAX_ENGINE_BYTES = 256 << 20
 """The engine's buffers (audio, outputs, states, pooled logits) for a model and settings stay below this:

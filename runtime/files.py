@@ -2,7 +2,7 @@
 
 Both read bounded blocks (:func:`kws.runtime.sources.block_frames`) and convert them with
 :class:`kws.runtime.sources.AudioSource`, the path the microphone takes. A damaged file (truncated, empty, at an
-absurd rate, not audio) is an :class:`kws.audio.AudioError` with one line saying why, found before any
+absurd rate, not audio) is an :class:`kws.data.audio.AudioError` with one line saying why, found before any
 audio is processed where the header allows.
 """
 
@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from kws.audio import AudioError
+from kws.data.audio import AudioError
 from kws.runtime.config import MAX_INPUT_CHANNELS, MAX_INPUT_RATE, MIN_INPUT_RATE, is_whole, regular_file
 from kws.runtime.console import muted_c_stderr
 from kws.runtime.sources import AudioSource, SourceError, block_frames

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from kws.audio import int16_to_float
+from kws.data.audio import int16_to_float
 from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)

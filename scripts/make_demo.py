@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from kws.audio import load_audio
 from kws.config import DataConfig
 from kws.constants import SAMPLE_RATE
-from kws.data import load_corpus
+from kws.data.audio import load_audio
+from kws.data.layout import load_corpus
 
 WORDS = ("yes", "stop", "left", "_unknown_", "go", "off", "right")
 GAP_SECONDS = 2.5

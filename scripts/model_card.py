@@ -69,8 +69,8 @@ def evaluation_lines(bench: BenchReport) -> list[str]:
 
 
 def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
-    from kws.checkpoint import load_checkpoint, run_config
     from kws.config import to_dict
+    from kws.model.checkpoint import load_checkpoint, run_config
 
     payload = load_checkpoint(ckpt)
     config = run_config(payload)

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_audio_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Every test's decoded-audio cache (kws.cache) lives in a temporary folder, never in ~/.cache/kws."""
+    """Every test's decoded-audio cache (kws.data.cache) lives in a temporary folder, never in ~/.cache/kws."""
     import os
 
-    from kws.cache import CACHE_ENV
+    from kws.data.cache import CACHE_ENV
 
     old = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("kws-cache"))
@@ -48,7 +48,7 @@ def test_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, full_dataset: Path) -> Path:
     """A small 2-layer LSTM trained for a few epochs on the synthetic dataset (labels: silence, unknown and
     the 4 keywords of ``support.synthetic.KEYWORDS``); it detects the synthetic words reliably."""
-    from kws.train import train
+    from kws.train.loop import train
 
     logging.getLogger("kws").setLevel(logging.WARNING)
     out = tmp_path_factory.mktemp("run")

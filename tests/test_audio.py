@@ -1,4 +1,4 @@
-"""kws.audio.load_audio: bounded reads (a window of a long file), absurd headers refused, and a fuzz test that
+"""kws.data.audio.load_audio: bounded reads (a window of a long file), absurd headers refused, and a fuzz test that
 every kind of broken file ends as an AudioError (the callers' "skip with a warning and count it")."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kws.audio import MAX_SAMPLE_RATE, AudioError, load_audio
-from kws.data import Clip, Corpus, Example
-from kws.dataset import PreparedData, load_split, speech_context_clips
+from kws.data.audio import MAX_SAMPLE_RATE, AudioError, load_audio
+from kws.data.layout import Clip, Corpus, Example
+from kws.data.splits import PreparedData, load_split, speech_context_clips
 
 RATE = 16_000
 
@@ -164,7 +164,7 @@ def test_fuzz_only_audio_errors(tmp_path: Path, max_seconds: float | None, posit
 
 
 class TestDatasetReadsWindows:
-    """kws.dataset reads a clip's window of each file, not the file (a long file in a word folder, a crop of a
+    """kws.data.splits reads a clip's window of each file, not the file (a long file in a word folder, a crop of a
     long negative, the tail of a context utterance)."""
 
     def test_long_file_in_word_folder(self, long_stereo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

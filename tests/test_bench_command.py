@@ -60,7 +60,7 @@ def _break_models(models: Path, out: Path) -> Path:
 
 
 def _break_checkpoint(checkpoint: Path, path: Path) -> Path:
-    from kws.checkpoint import checkpoint_weights, load_checkpoint, save_checkpoint
+    from kws.model.checkpoint import checkpoint_weights, load_checkpoint, save_checkpoint
 
     payload = load_checkpoint(checkpoint)
     checkpoint_weights(payload)["head.bias"][0] += BROKEN_BIAS

@@ -211,7 +211,7 @@ class TestRenderStream:
         assert sum(comp.keywords_per_label.values()) == comp.keyword_events
 
     def test_negatives_folder_is_read_recursively_at_any_rate(self, tmp_path) -> None:
-        from kws.data import negative_split
+        from kws.data.layout import negative_split
 
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()

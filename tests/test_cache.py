@@ -1,4 +1,4 @@
-"""Issue 11: the decoded-audio cache (kws.cache) gives exactly the samples of the files, is rebuilt when a folder
+"""Issue 11: the decoded-audio cache (kws.data.cache) gives exactly the samples of the files, is rebuilt when a folder
 changes or the cache is corrupt, is built once by concurrent processes, and keeps a training split memory-mapped."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import kws.cache as cache_module
-from kws.audio import AudioError, float_to_int16, load_audio
-from kws.cache import CLIPS, DATA_FILE, FILES, INDEX_FILE, CacheError, crop, open_cache
+import kws.data.cache as cache_module
 from kws.cli import main
-from kws.clip_rows import ClipRows
 from kws.config import DataConfig
-from kws.dataset import prepare
+from kws.data.audio import AudioError, float_to_int16, load_audio
+from kws.data.cache import CLIPS, DATA_FILE, FILES, INDEX_FILE, CacheError, crop, open_cache
+from kws.data.clip_rows import ClipRows
+from kws.data.splits import prepare
 from support.synthetic import SAMPLE_RATE, make_full_dataset, synth_clip
 from support.tiny import tiny_run_config
 
@@ -303,8 +303,8 @@ def test_a_lazy_training_split_stays_memory_mapped(full_dataset: Path, tmp_path:
 def test_training_through_the_cache_is_identical(full_dataset: Path, tmp_path: Path) -> None:
     import torch
 
-    import kws.train as train_module
-    from kws.checkpoint import load_checkpoint
+    import kws.train.loop as train_module
+    from kws.model.checkpoint import load_checkpoint
 
     config = tiny_run_config((str(full_dataset),), epochs=1)
     config = replace(config, train=replace(config.train, max_steps=4))

@@ -195,7 +195,7 @@ class TestDownload:
         for folder in [*stale, live]:
             (folder / "yes").mkdir(parents=True)
             (folder / "yes" / "partial.wav").write_bytes(b"RIFF")
-        with caplog.at_level(logging.INFO, logger="kws.download"):
+        with caplog.at_level(logging.INFO, logger="kws.data.download"):
             rc, err = _download(archive, out, capsys)
         assert rc == 0, err
         assert sorted(p.name for p in out.iterdir()) == [live.name, "speech_commands_test_set_v0.02"]

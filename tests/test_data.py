@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kws.audio import load_audio
 from kws.config import DataConfig
-from kws.data import DataError, build_split, detect_layout, load_corpus, resolve_labels, which_set
-from kws.dataset import prepare
+from kws.data.audio import load_audio
+from kws.data.layout import DataError, build_split, detect_layout, load_corpus, resolve_labels, which_set
+from kws.data.splits import prepare
 from support.synthetic import KEYWORDS, make_full_dataset
 
 # Real entries of the official Speech Commands v0.01 validation_list.txt and testing_list.txt.

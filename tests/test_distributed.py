@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-import kws.distributed as kd
-import kws.train as train_module
-import kws.train_data as train_data
-from kws.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint, run_config
+import kws.train.batches as train_data
+import kws.train.distributed as kd
+import kws.train.loop as train_module
 from kws.cli import main
-from kws.distributed import ShardedSampler
 from kws.errors import KWSError
-from kws.launch import ENV_VARS, Launch, read_environment
-from kws.run_folder import OUTPUTS
+from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint, run_config
+from kws.train.distributed import ShardedSampler
+from kws.train.launch import ENV_VARS, Launch, read_environment
+from kws.train.run_folder import OUTPUTS
 from support.tiny import tiny_run_config
 
 WORKER_TIMEOUT_S = 300
@@ -72,7 +72,7 @@ def _loopback_env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def _train_worker(rank: int, world: int, port: int, job: dict) -> None:
-    """One rank of a distributed ``kws.train.train`` (run in a spawned process, torchrun's environment set by
+    """One rank of a distributed ``kws.train.loop.train`` (run in a spawned process, torchrun's environment set by
     hand). Writes ``rankN.json`` (its outcome) and ``rankN.pt`` (its weights after every epoch) to job["results"]."""
     os.environ.update(_loopback_env(rank, world, port))
     results = Path(job["results"])
@@ -326,7 +326,7 @@ def test_rank_0_alone_writes_a_single_process_checkpoint(ddp_run: dict) -> None:
 
 @pytest.mark.slow
 def test_validation_covers_the_whole_split(ddp_run: dict, full_dataset: Path) -> None:
-    from kws.dataset import prepare
+    from kws.data.splits import prepare
 
     model, labels, payload = model_from_checkpoint(ddp_run["out"] / "best.pt")
     config = run_config(payload)

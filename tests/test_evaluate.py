@@ -22,13 +22,13 @@ from support.tiny import tiny_run_config
 
 torch = pytest.importorskip("torch")
 
-from kws import evaluate, evaluation_data  # noqa: E402
-from kws.audio import int16_to_float  # noqa: E402
-from kws.checkpoint import load_checkpoint, run_config, save_checkpoint  # noqa: E402
+from kws.train import evaluate, evaluation_data  # noqa: E402
 from kws.config import to_dict  # noqa: E402
-from kws.data import SPLIT_SALT, load_corpus, which_set  # noqa: E402
-from kws.evaluate import accuracy, classification_report, format_report, wilson_interval  # noqa: E402
-from kws.evaluation_data import (  # noqa: E402
+from kws.data.audio import int16_to_float  # noqa: E402
+from kws.data.layout import SPLIT_SALT, load_corpus, which_set  # noqa: E402
+from kws.model.checkpoint import load_checkpoint, run_config, save_checkpoint  # noqa: E402
+from kws.train.evaluate import accuracy, classification_report, format_report, wilson_interval  # noqa: E402
+from kws.train.evaluation_data import (  # noqa: E402
     EvaluationError,
     evaluation_corpus,
     load_evaluation_data,
@@ -153,7 +153,7 @@ def two_roots(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def multi_root_checkpoint(two_roots, tmp_path_factory) -> Path:
     """A (barely) trained checkpoint of both roots: a few steps are enough, what matters is its record."""
-    from kws.train import train
+    from kws.train.loop import train
 
     config = tiny_run_config(tuple(str(r) for r in two_roots), epochs=1)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=2))
@@ -313,7 +313,7 @@ def test_temporaries_of_a_killed_run_are_removed(multi_root_checkpoint, two_root
 
 def test_an_empty_split_is_an_error_not_another_split(multi_root_checkpoint, tmp_path) -> None:
     """A folder whose speakers all fall into training has no test clips: say so (and how to score it)."""
-    from kws.data import DataError
+    from kws.data.layout import DataError
     from kws.export.pipeline import load_clips
 
     speaker = next(

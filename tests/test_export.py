@@ -67,7 +67,7 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_co
 def real_clips(count: int) -> np.ndarray:
     import soundfile as sf
 
-    from kws.audio import fit_length
+    from kws.data.audio import fit_length
 
     files = sorted(REAL_DATA.glob("*/*.wav"))
     files = files[:: max(1, len(files) // count)][:count]

@@ -105,7 +105,7 @@ def test_bad_options_are_refused_when_made(options, message) -> None:
 
 
 def test_inputs_are_checked_before_the_output_folder_is_made(checkpoint, tmp_path) -> None:
-    from kws.data import DataError
+    from kws.data.layout import DataError
 
     options = ExportOptions(quantization="static", calibration=tmp_path / "nodata")
     with pytest.raises(DataError, match="does not exist"):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kws.checkpoint import (
+from kws.config import FeatureConfig, ModelConfig
+from kws.model.checkpoint import (
     LEGACY_WEIGHTS_KEY,
     WEIGHTS_KEY,
     CheckpointError,
@@ -16,8 +17,7 @@ from kws.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from kws.config import FeatureConfig, ModelConfig
-from kws.model import KWSModel
+from kws.model.network import KWSModel
 
 
 @pytest.fixture(params=["mean", "last"])

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import kws.train as train_module
+import kws.train.loop as train_module
 from kws.config import ConfigError, TrainConfig
-from kws.dataset import prepare
-from kws.objective import Objective, class_weights
+from kws.data.splits import prepare
+from kws.train.objective import Objective, class_weights
 from support.tiny import tiny_run_config
 
 

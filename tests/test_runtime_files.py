@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from kws.audio import AudioError
+from kws.data.audio import AudioError
 from kws.runtime import FileSource, SourceError, StdinSource, detect_file
 from support.level import STANDARD_EVENTS, expected_keywords, plant
 from support.synthetic import SAMPLE_RATE as RATE

@@ -12,12 +12,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import kws.teacher as teacher
-import kws.teacher_embedding as embedding
-from kws import cli, teacher_cache, teacher_head
+import kws.teacher.build as teacher
+import kws.teacher.embedding as embedding
+from kws import cli
 from kws.config import DataConfig, TeacherConfig, to_dict
-from kws.dataset import prepare
+from kws.data.splits import prepare
 from kws.errors import KWSError
+from kws.teacher import cache as teacher_cache
+from kws.teacher import head as teacher_head
 from support.tiny import TINY_LABELS
 
 SR = 16_000
@@ -275,7 +277,7 @@ def test_augmented_views_are_embedded_and_cached(tmp_path: Path, full_dataset: P
 
 def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:
     """Run ``kws teacher ARGS`` through the real CLI (registering the command if cli.py does not yet)."""
-    monkeypatch.setitem(cli.COMMANDS, "teacher", ("kws.teacher", "teacher"))
+    monkeypatch.setitem(cli.COMMANDS, "teacher", ("kws.teacher.build", "teacher"))
     code = cli.main(["teacher", *argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -284,7 +286,7 @@ def _cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int,
 def test_cli_builds_the_same_data_config_as_train(
     tmp_path: Path, full_dataset: Path, models: Path, monkeypatch, capsys
 ):
-    from kws import train_cli
+    from kws.train import cli as train_cli
 
     argv = ["--data", str(full_dataset), "--labels", TINY_LABELS, "--seed", "3", "--unknown-ratio", "0.8"]
     code, out, err = _cli(

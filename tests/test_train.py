@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import kws.run_folder as run_folder
-import kws.train as train_module
-from kws.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint
+import kws.train.loop as train_module
+import kws.train.run_folder as run_folder
 from kws.cli import main
+from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint
 from support.tiny import tiny_run_config
 
 

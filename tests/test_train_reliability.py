@@ -22,9 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-import kws.train as train_module
-import kws.train_cli as train_cli
-from kws.checkpoint import (
+import kws.train.cli as train_cli
+import kws.train.loop as train_module
+from kws.cli import main
+from kws.config import ConfigError, FeatureConfig, ModelConfig, TrainConfig, from_dict
+from kws.errors import KWSError
+from kws.io import atomic_write, clean_stale_temporaries, current_umask
+from kws.model.checkpoint import (
     WEIGHTS_KEY,
     CheckpointError,
     load_checkpoint,
@@ -33,10 +37,6 @@ from kws.checkpoint import (
     run_config,
     save_checkpoint,
 )
-from kws.cli import main
-from kws.config import ConfigError, FeatureConfig, ModelConfig, TrainConfig, from_dict
-from kws.errors import KWSError
-from kws.io import atomic_write, clean_stale_temporaries, current_umask
 from support.tiny import tiny_run_config
 
 
@@ -185,7 +185,7 @@ def test_second_train_into_a_locked_folder_fails(tmp_path: Path, full_dataset: P
 
 def test_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     holder = (
-        "import sys, time\nfrom kws.checkpoint import lock_folder\n"
+        "import sys, time\nfrom kws.model.checkpoint import lock_folder\n"
         "with lock_folder(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)

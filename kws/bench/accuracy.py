@@ -1,7 +1,7 @@
 """Accuracy of the four models on the test clips: PyTorch, ONNX fp32 and ONNX int8 (whole clip), and the
 int8 streaming model fed each clip from zero state. Scores come from :mod:`kws.export.checks` and
-:func:`kws.evaluate.predict`, the figures from :func:`kws.evaluate.classification_report` and
-:func:`kws.evaluate.accuracy` (one implementation of each, shared with ``kws evaluate`` and ``kws export``)."""
+:func:`kws.train.evaluate.predict`, the figures from :func:`kws.train.evaluate.classification_report` and
+:func:`kws.train.evaluate.accuracy` (one implementation of each, shared with ``kws evaluate`` and ``kws export``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from kws.bench.inputs import ModelFiles
 from kws.bench.report import MODEL_FP32, MODEL_INT8, MODEL_STREAM_INT8, MODEL_TORCH, AccuracyFigures, ClassFigures
 from kws.bench.speed import BENCH_THREADS
-from kws.dataset import SplitData
+from kws.data.splits import SplitData
 
 AGREEMENT_WARNING = 0.98
 """Top-1 agreement of ONNX fp32 with PyTorch below which the files are probably not from the checkpoint."""
@@ -20,11 +20,11 @@ def accuracy_reports(model: Any, files: ModelFiles, data: SplitData, labels: lis
     """The accuracy figures of each model, by name, with its top-1 agreement with PyTorch.
 
     Args:
-        model: the checkpoint's :class:`~kws.model.KWSModel`.
+        model: the checkpoint's :class:`~kws.model.network.KWSModel`.
         data: the test clips (int16 ``[clips, samples]``, labels ``[clips]``).
     """
-    from kws.evaluate import accuracy, classification_report, predict
     from kws.export import checks as ck
+    from kws.train.evaluate import accuracy, classification_report, predict
 
     audio = data.float_audio(slice(None))
     scores = {

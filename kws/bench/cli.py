@@ -88,9 +88,9 @@ def bench(options: BenchOptions) -> BenchReport:
     Raises:
         KWSError: bad inputs (checkpoint, data, models, negatives), reported before the slow work.
     """
-    from kws.checkpoint import checkpoint_weights, model_from_checkpoint, run_config
-    from kws.evaluate import load_evaluation_data
     from kws.io import clean_stale_temporaries, ensure_writable_dir
+    from kws.model.checkpoint import checkpoint_weights, model_from_checkpoint, run_config
+    from kws.train.evaluate import load_evaluation_data
 
     stages = _Stages()
     options.validate()

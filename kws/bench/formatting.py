@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from kws.bench.scoring import POISSON_CONFIDENCE, poisson_upper
 from kws.bench.speed import MS_PER_S
-from kws.evaluate import format_with_interval
+from kws.train.evaluate import format_with_interval
 
 BYTES_PER_KIB = 1024.0
 BYTES_PER_MIB = 1024.0 * 1024.0

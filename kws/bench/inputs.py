@@ -12,9 +12,9 @@ from typing import Any
 from kws.bench import BenchError
 from kws.bench.options import BenchOptions
 from kws.bench.report import ModelFileInfo
-from kws.checkpoint import run_config
-from kws.data import DataError
+from kws.data.layout import DataError
 from kws.format import META_LABELS, META_QUANTIZATION
+from kws.model.checkpoint import run_config
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def check_models(files: ModelFiles, labels: list[str]) -> dict[str, ModelFileInf
 def training_overlap(payload: dict[str, Any], mode: str, speakers: set[str]) -> int | None:
     """Test speakers that are also in the training split of the checkpoint's own training roots, split with
     ``mode`` (None when those roots are not on this machine)."""
-    from kws.evaluation_data import evaluation_corpus
+    from kws.train.evaluation_data import evaluation_corpus
 
     roots = run_config(payload).data.roots
     if not roots or not all(Path(r).expanduser().is_dir() for r in roots):

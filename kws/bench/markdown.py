@@ -12,7 +12,7 @@ from kws.bench.scoring import POISSON_CONFIDENCE
 from kws.bench.speed import BENCH_THREADS, LATENCY_WARMUP, MS_PER_S
 from kws.bench.words import ENVELOPE_FRAME_SECONDS, WORD_DB_ABOVE_FLOOR, WORD_DB_BELOW_PEAK, WORD_MAX_INNER_GAP_SECONDS
 from kws.constants import UNKNOWN_LABEL
-from kws.evaluate import wilson_interval
+from kws.train.evaluate import wilson_interval
 
 BYTES_PER_GIB = 2**30
 

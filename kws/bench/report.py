@@ -137,7 +137,7 @@ class ClassFigures:
 
 @dataclass(frozen=True)
 class AccuracyFigures:
-    """Accuracy of one model on the test clips (from :func:`kws.evaluate.classification_report`).
+    """Accuracy of one model on the test clips (from :func:`kws.train.evaluate.classification_report`).
 
     Attributes:
         confusion_matrix: ``[true][predicted]`` clip counts.

@@ -38,7 +38,7 @@ def clip_latencies(model: Any, files: Any, clip: np.ndarray, runs: int) -> dict[
     """Single-clip latency of each whole-clip model, ``BENCH_THREADS`` thread(s), by model name.
 
     Args:
-        model: the checkpoint's :class:`~kws.model.KWSModel`.
+        model: the checkpoint's :class:`~kws.model.network.KWSModel`.
         files: the :class:`~kws.bench.inputs.ModelFiles`.
         clip: float32 ``[clip_samples]``.
     """

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from kws.audio import AudioError, int16_to_float, load_audio
 from kws.bench.events import KIND_KEYWORD, KIND_UNKNOWN
 from kws.bench.inputs import ModelFiles
 from kws.bench.options import BenchOptions
@@ -28,7 +27,8 @@ from kws.bench.streams import (
     render_stream,
 )
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
-from kws.dataset import PreparedData
+from kws.data.audio import AudioError, int16_to_float, load_audio
+from kws.data.splits import PreparedData
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.audio import AudioError, float_to_int16, load_audio
 from kws.bench.events import KIND_KEYWORD, KIND_NEGATIVE, KIND_UNKNOWN, StreamComposition, StreamEvent
 from kws.bench.words import rms, word_span
 from kws.constants import AUDIO_EXTENSIONS
+from kws.data.audio import AudioError, float_to_int16, load_audio
 from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
@@ -114,14 +114,14 @@ def file_utterances(paths: Sequence[str | Path], kind: str, label_of: Callable[[
 def negative_utterances(folder: str | Path) -> list[Utterance]:
     """The held-out negatives of a folder (any layout; the label is the file's parent folder name).
 
-    Only the half of the files that `kws train --negatives` never uses (:func:`kws.data.negative_split`) is
+    Only the half of the files that `kws train --negatives` never uses (:func:`kws.data.layout.negative_split`) is
     returned, so the stream's non-keyword speech is unseen in training whatever the model was trained with.
 
     Raises:
         DataError: the folder does not exist or holds no audio files.
         StreamSetError: none of its held-out files is readable audio.
     """
-    from kws.data import negative_files, negative_split
+    from kws.data.layout import negative_files, negative_split
 
     held_out = [p for p in negative_files(folder) if negative_split(p) == "held-out"]
     found = file_utterances(held_out, KIND_NEGATIVE, lambda p: p.parent.name)

@@ -37,11 +37,11 @@ def make_model(
     seed: int = 0,
     sharpness: float = 1.0,
 ) -> tuple[Any, Any]:
-    """An untrained :class:`kws.model.KWSModel` (eval mode) and its :class:`kws.config.RunConfig`."""
+    """An untrained :class:`kws.model.network.KWSModel` (eval mode) and its :class:`kws.config.RunConfig`."""
     import torch
 
     from kws.config import ModelConfig, RunConfig
-    from kws.model import KWSModel
+    from kws.model.network import KWSModel
 
     torch.manual_seed(seed)
     model_config = ModelConfig(
@@ -60,8 +60,8 @@ def make_model(
 
 def write_checkpoint(path: Path, model: Any, config: Any, evaluation: dict | None = EVALUATION) -> Path:
     """A kws checkpoint of ``model`` (labels :data:`LABELS`; ``evaluation`` recorded unless None)."""
-    from kws.checkpoint import save_checkpoint
     from kws.config import to_dict
+    from kws.model.checkpoint import save_checkpoint
 
     payload = {"config": to_dict(config), "labels": LABELS, "model": model.state_dict()}
     if evaluation is not None:

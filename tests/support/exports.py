@@ -73,7 +73,7 @@ class TorchReference:
     zero-state run, frame ``t`` covering samples ``[t * hop, t * hop + window)``."""
 
     def __init__(self, checkpoint: Path) -> None:
-        from kws.checkpoint import model_from_checkpoint
+        from kws.model.checkpoint import model_from_checkpoint
 
         model, _, _ = model_from_checkpoint(checkpoint)
         self.model = model.eval()

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from kws.config import AugmentConfig, DataConfig, TeacherConfig, to_dict
-from kws.dataset import PreparedData, SplitData
+from kws.data.splits import PreparedData, SplitData
 from kws.errors import KWSError
 from kws.io import atomic_write
-from kws.teacher_embedding import SpeechEmbedding
+from kws.teacher.embedding import SpeechEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _augmented_views(
     prepared: PreparedData, embedder: SpeechEmbedding, config: TeacherConfig, sample_rate: int
 ) -> np.ndarray:
     """``[views, train clips, windows, 96]``: embeddings of ``config.augment_views`` augmented copies."""
-    from kws.augment import Augmenter
+    from kws.data.augment import Augmenter
 
     train = prepared.splits["train"]
     augmenter = Augmenter(AugmentConfig(), sample_rate, prepared.noises, [])

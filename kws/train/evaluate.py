@@ -15,7 +15,7 @@ examples:
 """
 
 # The module docstring above is `kws evaluate --help`. The loader shared with kws export and kws bench is
-# kws.evaluation_data; accuracy() below is the one accuracy of kws.
+# kws.train.evaluation_data; accuracy() below is the one accuracy of kws.
 
 from __future__ import annotations
 
@@ -30,20 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from kws.audio import int16_to_float
-from kws.checkpoint import model_from_checkpoint
 from kws.constants import SPLITS
-from kws.data import SPLIT_MODES
-from kws.dataset import SplitData
+from kws.data.audio import int16_to_float
+from kws.data.layout import SPLIT_MODES
+from kws.data.splits import SplitData
 from kws.errors import KWSError
-
-# the evaluation loader's names, re-exported: ``kws.evaluate`` is where kws export and kws bench find them
-from kws.evaluation_data import EvaluationData as EvaluationData
-from kws.evaluation_data import EvaluationError, load_evaluation_data
-from kws.evaluation_data import evaluation_data_config as evaluation_data_config
-from kws.evaluation_data import resolve_split_mode as resolve_split_mode
 from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
-from kws.model import KWSModel
+from kws.model.checkpoint import model_from_checkpoint
+from kws.model.network import KWSModel
+
+# the evaluation loader's names, re-exported: ``kws.train.evaluate`` is where kws export and kws bench find them
+from kws.train.evaluation_data import EvaluationData as EvaluationData
+from kws.train.evaluation_data import EvaluationError, load_evaluation_data
+from kws.train.evaluation_data import evaluation_data_config as evaluation_data_config
+from kws.train.evaluation_data import resolve_split_mode as resolve_split_mode
 
 logger = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from kws.augment import Augmenter
 from kws.config import DataConfig, RunConfig, TrainConfig
-from kws.dataset import AugmentedBatches, PreparedData, SplitData, speech_context_clips
-from kws.distributed import ShardedSampler
+from kws.data.augment import Augmenter
+from kws.data.splits import AugmentedBatches, PreparedData, SplitData, speech_context_clips
 from kws.errors import KWSError
-from kws.objective import Objective
+from kws.train.distributed import ShardedSampler
+from kws.train.objective import Objective
 
-logger = logging.getLogger("kws.train")  # its messages are those of `kws train`
+logger = logging.getLogger("kws.train.loop")  # its messages are those of `kws train`
 
 CONTEXT_SPEECH_CLIPS = 2000
 """Non-keyword utterances whose ends the context augmentation may prepend."""
@@ -65,7 +65,7 @@ def make_objective(config: RunConfig, prepared: PreparedData, device: torch.devi
     tc, labels, train_data = config.train, prepared.labels, prepared.splits["train"]
     teacher_logits = None
     if tc.teacher:
-        from kws.teacher_cache import load_soft_labels
+        from kws.teacher.cache import load_soft_labels
 
         teacher_logits = load_soft_labels(tc.teacher, labels, train_data.paths)
         logger.info(
@@ -105,7 +105,7 @@ def epoch_batches(
 
     ``in_process`` (a single process without workers): one generator, seeded ``[seed, epoch]``, draws the order
     and then every batch's augmentation, as ``kws train`` always has. Otherwise each batch is augmented from its
-    own seed (:class:`~kws.dataset.AugmentedBatches`), in ``config.num_workers`` DataLoader workers or here.
+    own seed (:class:`~kws.data.splits.AugmentedBatches`), in ``config.num_workers`` DataLoader workers or here.
     """
     if in_process:
         rng = np.random.default_rng([config.seed, epoch])

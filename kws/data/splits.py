@@ -1,8 +1,8 @@
 """Labelled splits loaded into memory as fixed-length int16 clips (torch-free).
 
-With a cache folder (:mod:`kws.cache`), the clips come from each data folder's decoded-audio cache instead of the
+With a cache folder (:mod:`kws.data.cache`), the clips come from each data folder's decoded-audio cache instead of the
 audio files (bit-identical), and a split asked for ``lazy`` stays in the memory-mapped caches
-(:class:`~kws.clip_rows.ClipRows`): the processes of a distributed run then share its pages instead of each holding
+(:class:`~kws.data.clip_rows.ClipRows`): the processes of a distributed run then share its pages instead of each holding
 a copy.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.audio import AudioError, fit_length, float_to_int16, int16_to_float, load_audio
-from kws.augment import Augmenter
-from kws.cache import CLIPS, FILES, AudioCache, crop, open_cache
-from kws.clip_rows import ClipRows
 from kws.config import DataConfig
 from kws.constants import SILENCE_LABEL
-from kws.data import Corpus, Example, build_split, load_corpus, negative_files, resolve_labels, split_summary
+from kws.data.audio import AudioError, fit_length, float_to_int16, int16_to_float, load_audio
+from kws.data.augment import Augmenter
+from kws.data.cache import CLIPS, FILES, AudioCache, crop, open_cache
+from kws.data.clip_rows import ClipRows
+from kws.data.layout import Corpus, Example, build_split, load_corpus, negative_files, resolve_labels, split_summary
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ class SplitData:
     """One split in memory.
 
     Attributes:
-        audio: int16 ``[clips, clip_samples]`` (a :class:`~kws.clip_rows.ClipRows` for a split loaded ``lazy``: index
-            it, or ``np.asarray`` it for an ordinary array).
+        audio: int16 ``[clips, clip_samples]`` (a :class:`~kws.data.clip_rows.ClipRows` for a split loaded
+            ``lazy``: index it, or ``np.asarray`` it for an ordinary array).
         labels: int64 ``[clips]`` indices into the run's label list.
         silence: bool ``[clips]``, True for ``_silence_`` examples.
         speakers: the speaker of each clip.
@@ -81,7 +81,7 @@ def load_noises(corpus: Corpus, sample_rate: int) -> list[np.ndarray]:
 
 @dataclass
 class DataCaches:
-    """The decoded-audio caches of a run's folders (see :mod:`kws.cache`).
+    """The decoded-audio caches of a run's folders (see :mod:`kws.data.cache`).
 
     Attributes:
         clips: ``clips`` caches, by data folder (as the corpus names it: ``Path(root).expanduser()``).
@@ -130,7 +130,7 @@ def open_caches(
     window) and of every ``negatives`` folder (whole files), under ``cache_dir``.
 
     Raises:
-        kws.cache.CacheError: the cache folder cannot be created or written.
+        kws.data.cache.CacheError: the cache folder cannot be created or written.
     """
     clips: dict[Path, AudioCache] = {}
     for root in dict.fromkeys(Path(r).expanduser() for r in (*config.roots, *config.extra_train)):
@@ -160,7 +160,7 @@ def load_split(
     Args:
         caches: read the clips from these caches instead of the files (the same int16 samples).
         lazy: with ``caches``, leave the cached clips in the memory-mapped caches (``audio`` is a
-            :class:`~kws.clip_rows.ClipRows`) instead of copying them into one array.
+            :class:`~kws.data.clip_rows.ClipRows`) instead of copying them into one array.
     """
     labels, silence, speakers, paths, skipped = [], [], [], [], []
     sources: dict[int, tuple[int, np.ndarray]] = {}  # id(cache audio) -> (source number, array)
@@ -318,7 +318,7 @@ def speech_context_clips(
     prepared: PreparedData, sample_rate: int, limit: int, seed: int, tail_seconds: float = CONTEXT_TAIL_SECONDS
 ) -> list[np.ndarray]:
     """The ends (last ``tail_seconds``) of up to ``limit`` non-keyword training utterances (float32), for
-    context augmentation (:meth:`kws.augment.Augmenter.context` prepends at most ``context_seconds`` of the
+    context augmentation (:meth:`kws.data.augment.Augmenter.context` prepends at most ``context_seconds`` of the
     end of one; only that much of each file is read)."""
     keywords = set(prepared.labels)
     paths = [c.path for c in prepared.corpus.clips if c.split == "train" and c.word not in keywords]

@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node N -m kws train ...`` starts N processes with torchrun's environment (``WORLD_SIZE``,
 ``RANK``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`session` reads it
-(:func:`kws.launch.read_environment`), joins the process group (NCCL on CUDA, one GPU per process:
+(:func:`kws.train.launch.read_environment`), joins the process group (NCCL on CUDA, one GPU per process:
 ``cuda:LOCAL_RANK``; gloo on CPU) and yields a :class:`Context` that the training loop asks for its rank, its
 shard of each epoch and its collectives. Without that environment (or with ``WORLD_SIZE=1``) nothing distributed
 is initialised: a plain single-process context.
@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kws.errors import KWSError
-from kws.launch import Launch, read_environment
+from kws.train.launch import Launch, read_environment
 
 logger = logging.getLogger(__name__)
 

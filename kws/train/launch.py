@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N -m kws train ...`` starts N processes, each with ``WORLD_SIZE``, ``RANK``,
 ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set. :func:`read_environment` reads
 them into a :class:`Launch` (a plain single process without them, or with ``WORLD_SIZE=1``) and refuses, in one
-line, an environment that is half there or out of range; :mod:`kws.distributed` joins the process group.
+line, an environment that is half there or out of range; :mod:`kws.train.distributed` joins the process group.
 """
 
 from __future__ import annotations

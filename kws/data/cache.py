@@ -9,7 +9,7 @@ once into ``CACHE_DIR/NAME-HASH-KIND/``:
 * ``index.json``: the format version, the key, each file's offset and length, the files that could not be read
   (with their error) and the CRC-32 of ``audio.int16``.
 
-Two kinds of cache hold exactly what :func:`kws.dataset.load_split` would otherwise compute:
+Two kinds of cache hold exactly what :func:`kws.data.splits.load_split` would otherwise compute:
 
 * ``clips`` (Speech Commands folders): each file's clip window, ``fit_length(load_audio(path, rate,
   max_seconds=clip_seconds), clip_samples)`` as int16, one row ``[clip_samples]`` per file;
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.audio import AudioError, fit_length, float_to_int16, load_audio
+from kws.data.audio import AudioError, fit_length, float_to_int16, load_audio
 from kws.errors import KWSError
 from kws.io import file_lock
 
@@ -140,7 +140,7 @@ class AudioCache:
 
 
 def crop(samples: np.ndarray, sample_rate: int, clip_samples: int, position: float) -> np.ndarray:
-    """The clip :func:`kws.dataset.load_split` reads from a long file at ``position`` (``load_audio(path,
+    """The clip :func:`kws.data.splits.load_split` reads from a long file at ``position`` (``load_audio(path,
     sample_rate, max_seconds=clip_samples / sample_rate, position=position)``, padded), computed from the whole
     file's samples when the file is already at ``sample_rate``: int16 ``[clip_samples]``, bit-identical."""
     max_seconds = clip_samples / sample_rate

@@ -1,4 +1,4 @@
-"""Seeded on-the-fly waveform augmentation for training (numpy; SpecAugment lives in kws.features).
+"""Seeded on-the-fly waveform augmentation for training (numpy; SpecAugment lives in kws.model.features).
 
 Every random draw comes from the ``numpy.random.Generator`` passed in, so a run is repeatable from its seed.
 """

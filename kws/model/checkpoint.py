@@ -30,7 +30,7 @@ from kws import __version__
 from kws.config import ConfigError, RunConfig, from_dict
 from kws.errors import KWSError
 from kws.io import LockBusy, atomic_write, file_lock
-from kws.model import KWSModel
+from kws.model.network import KWSModel
 
 logger = logging.getLogger(__name__)
 

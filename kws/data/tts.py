@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from kws.audio import fit_length, load_audio
 from kws.constants import SAMPLE_RATE, V2_WORDS
+from kws.data.audio import fit_length, load_audio
 from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)

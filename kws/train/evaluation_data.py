@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from kws.checkpoint import run_config
 from kws.config import DataConfig, RunConfig
 from kws.constants import SPLITS
-from kws.data import SPLIT_MODES, Corpus, DataError, auto_split_mode, detect_layout, load_corpus
-from kws.dataset import PreparedData, SplitData, prepare
+from kws.data.layout import SPLIT_MODES, Corpus, DataError, auto_split_mode, detect_layout, load_corpus
+from kws.data.splits import PreparedData, SplitData, prepare
 from kws.errors import KWSError
+from kws.model.checkpoint import run_config
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def evaluation_split_mode(payload: dict[str, Any]) -> tuple[str | None, str]:
 
     Read from the data layouts the training recorded in the checkpoint (``data_summary["layouts"]``); for a
     checkpoint without them, from the layouts of its training folders if they are on this machine. ``None``
-    when neither is available. The mode of the layouts is :func:`kws.data.auto_split_mode`.
+    when neither is available. The mode of the layouts is :func:`kws.data.layout.auto_split_mode`.
     """
     layouts = (payload.get("data_summary") or {}).get("layouts")
     if layouts:
@@ -58,7 +58,7 @@ def resolve_split_mode(payload: dict[str, Any], requested: str = "auto", split: 
     ``auto`` is the checkpoint's own rule (:func:`evaluation_split_mode`). An explicit mode that contradicts it
     is refused: it would put some of the clips the model was trained on into the scored split. With
     ``split="all"`` every clip is scored whatever its split, so any mode is accepted. A checkpoint that does not
-    say falls back to kws.data's ``auto`` rule on the given folders, with a warning (the mode returned is then
+    say falls back to kws.data.layout's ``auto`` rule on the given folders, with a warning (the mode returned is then
     ``"auto"``; the loaded ``Corpus.split_mode`` says which it became).
 
     Raises:
@@ -70,8 +70,8 @@ def resolve_split_mode(payload: dict[str, Any], requested: str = "auto", split: 
     if requested == "auto":
         if trained is not None:
             return trained, source
-        logger.warning("%s: splitting with kws.data's auto rule on the given folders", source)
-        return "auto", f"kws.data's auto rule on these folders: {source}"
+        logger.warning("%s: splitting with kws.data.layout's auto rule on the given folders", source)
+        return "auto", f"kws.data.layout's auto rule on these folders: {source}"
     if trained is not None and requested != trained and split != "all":
         raise EvaluationError(
             f"--split-mode {requested} contradicts the checkpoint: its training split the speakers with "
@@ -111,7 +111,7 @@ def evaluation_corpus(
     payload: dict[str, Any], roots: Sequence[str | Path], split: str = "test", split_mode: str = "auto"
 ) -> EvaluationCorpus:
     """Scan ``roots`` as the checkpoint's training would have split them, without reading any audio (for callers
-    that pick their own examples of the corpus, e.g. a class-balanced subset with ``kws.data.build_split``).
+    that pick their own examples of the corpus, e.g. a class-balanced subset with ``kws.data.layout.build_split``).
 
     Raises:
         DataError: missing or unusable folders.
@@ -174,7 +174,7 @@ def load_evaluation_data(
 
 
 def concat_splits(parts: Sequence[SplitData]) -> SplitData:
-    """One :class:`~kws.dataset.SplitData` of several, in order (audio ``[clips, samples]`` concatenated)."""
+    """One :class:`~kws.data.splits.SplitData` of several, in order (audio ``[clips, samples]`` concatenated)."""
     return SplitData(
         audio=np.concatenate([p.audio for p in parts]),
         labels=np.concatenate([p.labels for p in parts]),

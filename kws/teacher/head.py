@@ -1,5 +1,5 @@
 """The teacher's head: logits of the run's labels from a clip's ``[windows, 96]`` speech-embedding sequence
-(:mod:`kws.teacher_embedding`), and its training."""
+(:mod:`kws.teacher.embedding`), and its training."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from kws.config import TeacherConfig
-from kws.evaluate import accuracy
-from kws.teacher_embedding import EMBEDDING_DIM
+from kws.teacher.embedding import EMBEDDING_DIM
+from kws.train.evaluate import accuracy
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A split's int16 audio gathered on demand from several sources (memory-mapped cache rows, in-memory clips).
 
-:func:`kws.dataset.load_split` gives a split it loads ``lazy`` as a :class:`ClipRows`, so a large training split
+:func:`kws.data.splits.load_split` gives a split it loads ``lazy`` as a :class:`ClipRows`, so a large training split
 is not copied into every process (nor into every DataLoader worker).
 """
 

@@ -17,7 +17,7 @@ read through a decoded-audio cache (--cache) shared by all processes and later r
 
 # The text above is `kws train --help`'s description. This module is the command line of `kws train`: one table
 # of its options (flag, help, the RunConfig field it sets), from which the parser, the run configuration and the
-# --resume conflict check are all derived; the training itself is kws.train.
+# --resume conflict check are all derived; the training itself is kws.train.loop.
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kws.cache import default_cache_dir
-from kws.checkpoint import load_checkpoint, run_config
 from kws.config import MAX_HIDDEN_SIZE, MAX_LAYERS, MAX_SEED, AugmentConfig, ConfigError, RunConfig
+from kws.data.cache import default_cache_dir
 from kws.errors import KWSError
-from kws.launch import environment_rank
-from kws.run_folder import LAST, absolute_data_paths
-from kws.train import PRECISIONS, train
+from kws.model.checkpoint import load_checkpoint, run_config
+from kws.train.launch import environment_rank
+from kws.train.loop import PRECISIONS, train
+from kws.train.run_folder import LAST, absolute_data_paths
 
 PASSED_FLAGS = "passed_flags"
 """Namespace attribute: the dests of the options given on the command line (see :func:`passed_flags`)."""

@@ -1,11 +1,11 @@
-"""The training loop of ``kws train`` (its command line: :mod:`kws.train_cli`): :func:`train` trains or resumes a run.
+"""The training loop of ``kws train`` (its command line: :mod:`kws.train.cli`): :func:`train` trains or resumes a run.
 
-Each epoch draws seeded, augmented batches (:mod:`kws.train_data`), takes one AdamW step per batch under a
+Each epoch draws seeded, augmented batches (:mod:`kws.train.batches`), takes one AdamW step per batch under a
 warm-up + cosine schedule (gradient clipping, optional fp16/bf16 autocast on CUDA, an exponential moving
 average of the weights), validates the EMA weights on the whole validation split and has rank 0 write the
-epoch's checkpoints and metrics (:mod:`kws.run_folder`). After the last epoch the best checkpoint is evaluated
+epoch's checkpoints and metrics (:mod:`kws.train.run_folder`). After the last epoch the best checkpoint is evaluated
 on the test split. Under torchrun the same loop runs in every process with DistributedDataParallel
-(:mod:`kws.distributed`); an exact ``--resume`` restores weights, optimizer, schedule and step counter.
+(:mod:`kws.train.distributed`); an exact ``--resume`` restores weights, optimizer, schedule and step counter.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from kws import distributed, run_folder, train_data
-from kws.checkpoint import WEIGHTS_KEY, CheckpointError, checkpoint_weights, load_weights
 from kws.config import ConfigError, RunConfig, TrainConfig, to_dict
-from kws.dataset import SplitData, prepare
+from kws.data.splits import SplitData, prepare
 from kws.errors import KWSError
-from kws.evaluate import predict
-from kws.features import spec_augment
-from kws.model import KWSModel
-from kws.objective import Objective
-from kws.run_folder import BEST, LAST
+from kws.model.checkpoint import WEIGHTS_KEY, CheckpointError, checkpoint_weights, load_weights
+from kws.model.features import spec_augment
+from kws.model.network import KWSModel
+from kws.train import batches as train_data
+from kws.train import distributed, run_folder
+from kws.train.evaluate import predict
+from kws.train.objective import Objective
+from kws.train.run_folder import BEST, LAST
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,13 @@ def train(
 
     The run folder is locked for the whole run (a second ``train`` into it fails at once), and temporaries
     that an earlier killed run left behind are removed first. Under torchrun every process calls this
-    (:mod:`kws.distributed`): rank 0 checks and locks the folder, reads ``last.pt`` and alone writes files.
+    (:mod:`kws.train.distributed`): rank 0 checks and locks the folder, reads ``last.pt`` and alone writes files.
 
     Args:
         config: the run's configuration (ignored with ``resume``: the saved one is used; ``kws train
             --resume`` refuses flags that contradict it).
         threads: CPU threads for torch (0: every core, shared by the processes of a distributed run).
-        cache_dir: read the clips through the decoded-audio caches in this folder (:mod:`kws.cache`; the same
+        cache_dir: read the clips through the decoded-audio caches in this folder (:mod:`kws.data.cache`; the same
             samples as the files); None: read the files.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast of the model on CUDA (validation stays float32).
         require_distributed: refuse to run without torchrun's environment.

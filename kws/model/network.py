@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from kws.config import FeatureConfig, ModelConfig
-from kws.features import MFCCFrontend
 from kws.format import POOL_MEAN
+from kws.model.features import MFCCFrontend
 
 State = tuple[torch.Tensor, torch.Tensor]
 """LSTM state ``(h, c)``: h ``[layers, batch, output_size]``, c ``[layers, batch, hidden_size]``."""

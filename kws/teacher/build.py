@@ -6,7 +6,7 @@ from two files: ``melspectrogram.onnx`` (int16-scale audio -> 32-bin log-mel fra
 (``TeacherConfig.pad_seconds`` each side) and embedded every 8 mel frames (80 ms), so the windows cover the whole
 word. A small head (:class:`TeacherHead`) learns the run's labels from those ``[windows, 96]`` sequences.
 
-The teacher sees exactly the student's examples: the data are prepared by :func:`kws.dataset.prepare` with the
+The teacher sees exactly the student's examples: the data are prepared by :func:`kws.data.splits.prepare` with the
 same :class:`~kws.config.DataConfig`, labels and seed as ``kws train``, and its logits are stored per example,
 keyed by ``SplitData.paths``, for :func:`load_soft_labels`.
 
@@ -38,16 +38,16 @@ import numpy as np
 import torch
 
 from kws import __version__
-from kws.checkpoint import load_versioned
 from kws.config import TEACHER_POOLINGS, DataConfig, FeatureConfig, TeacherConfig, from_dict, to_dict
 from kws.constants import SPLITS
-from kws.dataset import prepare
+from kws.data.splits import prepare
 from kws.errors import KWSError
-from kws.evaluate import accuracy, format_report, split_report, write_report
 from kws.io import atomic_write, ensure_writable_dir
-from kws.teacher_cache import SOFT_LABELS, compute_embeddings, digest, embedding_key, load_npz, save_npz
-from kws.teacher_embedding import EMBEDDING_FILE, MEL_FILE, SAMPLE_RATE, SpeechEmbedding
-from kws.teacher_head import TeacherHead, head_logits, train_head
+from kws.model.checkpoint import load_versioned
+from kws.teacher.cache import SOFT_LABELS, compute_embeddings, digest, embedding_key, load_npz, save_npz
+from kws.teacher.embedding import EMBEDDING_FILE, MEL_FILE, SAMPLE_RATE, SpeechEmbedding
+from kws.teacher.head import TeacherHead, head_logits, train_head
+from kws.train.evaluate import accuracy, format_report, split_report, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +236,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def student_configs(args: argparse.Namespace) -> tuple[DataConfig, FeatureConfig]:
     """The DataConfig and FeatureConfig ``kws train`` builds from the same options (its defaults elsewhere),
-    built by ``kws.train_cli.config_from_args`` itself so that the two can never drift apart."""
-    from kws import train_cli
+    built by ``kws.train.cli.config_from_args`` itself so that the two can never drift apart."""
+    from kws.train import cli as train_cli
 
     parser = argparse.ArgumentParser(add_help=False)
     train_cli.add_arguments(parser)
@@ -275,10 +275,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `python -m kws.teacher ...` until `kws teacher` is registered in kws/cli.py
+if __name__ == "__main__":  # `python -m kws.teacher.build ...` until `kws teacher` is registered in kws/cli.py
     import sys
 
     from kws import cli
 
-    cli.COMMANDS.setdefault("teacher", ("kws.teacher", "train the pretrained-embedding teacher, write soft labels"))
+    cli.COMMANDS.setdefault(
+        "teacher", ("kws.teacher.build", "train the pretrained-embedding teacher, write soft labels")
+    )
     sys.exit(cli.main(["teacher", *sys.argv[1:]]))

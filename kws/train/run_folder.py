@@ -15,7 +15,11 @@ from typing import Any
 
 import torch
 
-from kws.checkpoint import (
+from kws.config import ConfigError, DataConfig, RunConfig
+from kws.data.splits import PreparedData
+from kws.errors import KWSError
+from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
+from kws.model.checkpoint import (
     CheckpointError,
     checkpoint_labels,
     load_checkpoint,
@@ -24,13 +28,9 @@ from kws.checkpoint import (
     run_config,
     save_checkpoint,
 )
-from kws.config import ConfigError, DataConfig, RunConfig
-from kws.dataset import PreparedData
-from kws.errors import KWSError
-from kws.evaluate import evaluate_split, format_report, write_report
-from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
+from kws.train.evaluate import evaluate_split, format_report, write_report
 
-logger = logging.getLogger("kws.train")  # its messages are those of `kws train`, as before the split
+logger = logging.getLogger("kws.train.loop")  # its messages are those of `kws train`, as before the split
 
 LAST, BEST, METRICS, CURVES = "last.pt", "best.pt", "metrics.jsonl", "curves.png"
 OUTPUTS = (LAST, BEST, METRICS, CURVES, "test.json", "test_confusion.png")

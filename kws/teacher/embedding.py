@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kws.audio import float_to_int16
+from kws.data.audio import float_to_int16
 from kws.errors import KWSError
 
 MISSING_PACKAGE = "the teacher needs openWakeWord's speech embedding: pip install 'kws[teacher]'"

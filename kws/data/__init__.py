@@ -1,0 +1,1 @@
+"""kws.data: see README.md, Layout."""

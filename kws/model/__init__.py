@@ -1,0 +1,1 @@
+"""kws.model: see README.md, Layout."""

@@ -1,0 +1,1 @@
+"""kws.teacher: see README.md, Layout."""

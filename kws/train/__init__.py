@@ -1,0 +1,1 @@
+"""kws.train: see README.md, Layout."""
