@@ -13,14 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kws.constants import CLIP_SECONDS, SAMPLE_RATE
-from kws.errors import KWSError
+from kws.errors import ConfigError
 from kws.format import POOL_MEAN, POOLINGS, frames_in
 
 T = TypeVar("T")
-
-
-class ConfigError(KWSError, ValueError):
-    """A configuration value is invalid (reported to the user as a one-line error)."""
 
 
 def _check(condition: bool, message: str) -> None:

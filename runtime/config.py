@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kws.config import ConfigError
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
+from kws.errors import ConfigError
 
 PRETRAINED_MODEL_NAME = "kws.stream.int8.onnx"
 """File name of the model shipped inside the package (``kws/pretrained/``), the default of ``kws listen``."""

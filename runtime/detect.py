@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kws.config import ConfigError
+from kws.errors import ConfigError
 from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, SpotterConfig, frames_for
 from kws.runtime.engine import StreamEngine
 from kws.runtime.model import ModelInfo, StreamingModel, load_model

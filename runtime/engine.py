@@ -30,7 +30,7 @@ from time import perf_counter
 
 import numpy as np
 
-from kws.config import ConfigError
+from kws.errors import ConfigError
 from kws.format import POOL_MEAN, frames_in
 from kws.runtime.config import SpotterConfig, frames_for, lane_schedule, min_read_context
 from kws.runtime.model import BoundStep, StreamingModel

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
-from kws.config import ConfigError
+from kws.errors import ConfigError
 from kws.runtime.config import (
     DEFAULT_THREADS,
     DEFAULT_THRESHOLD,

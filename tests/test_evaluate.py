@@ -22,11 +22,11 @@ from support.tiny import tiny_run_config
 
 torch = pytest.importorskip("torch")
 
-from kws.train import evaluate, evaluation_data  # noqa: E402
 from kws.config import to_dict  # noqa: E402
 from kws.data.audio import int16_to_float  # noqa: E402
 from kws.data.layout import SPLIT_SALT, load_corpus, which_set  # noqa: E402
 from kws.model.checkpoint import load_checkpoint, run_config, save_checkpoint  # noqa: E402
+from kws.train import evaluate, evaluation_data  # noqa: E402
 from kws.train.evaluate import accuracy, classification_report, format_report, wilson_interval  # noqa: E402
 from kws.train.evaluation_data import (  # noqa: E402
     EvaluationError,

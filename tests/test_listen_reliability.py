@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kws.config import ConfigError
+from kws.errors import ConfigError
 from kws.runtime import KeywordSpotter, SpotterConfig
 from support.listen import DEMO, MODEL, TIMEOUT, kws_listen, one_line_error, run_cli, run_process
 from support.tools import REPO

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import kws.train.loop as train_module
-from kws.config import ConfigError, TrainConfig
+from kws.config import TrainConfig
 from kws.data.splits import prepare
+from kws.errors import ConfigError
 from kws.train.objective import Objective, class_weights
 from support.tiny import tiny_run_config
 

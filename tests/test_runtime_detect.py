@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kws import constants as C
-from kws.config import ConfigError
+from kws.errors import ConfigError
 from kws.runtime import KeywordSpotter, SpotterConfig, detect_audio, detections_from_scores, stream_scores
 from support.level import HOP_S, STANDARD_EVENTS, assert_matches, level_for, plant
 from support.synthetic import SAMPLE_RATE

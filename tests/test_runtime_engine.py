@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kws import format as F
-from kws.config import ConfigError
+from kws.errors import ConfigError
 from kws.runtime import SpotterConfig, StreamEngine, StreamingModel
 from support.exports import TorchReference, derive_model, noise, pooled_posteriors
 from support.synthetic import SAMPLE_RATE

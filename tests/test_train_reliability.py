@@ -25,8 +25,8 @@ import torch
 import kws.train.cli as train_cli
 import kws.train.loop as train_module
 from kws.cli import main
-from kws.config import ConfigError, FeatureConfig, ModelConfig, TrainConfig, from_dict
-from kws.errors import KWSError
+from kws.config import FeatureConfig, ModelConfig, TrainConfig, from_dict
+from kws.errors import ConfigError, KWSError
 from kws.io import atomic_write, clean_stale_temporaries, current_umask
 from kws.model.checkpoint import (
     WEIGHTS_KEY,

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from kws import __version__
-from kws.config import ConfigError, RunConfig, from_dict
-from kws.errors import KWSError
+from kws.config import RunConfig, from_dict
+from kws.errors import ConfigError, KWSError
 from kws.io import LockBusy, atomic_write, file_lock
 from kws.model.network import KWSModel
 

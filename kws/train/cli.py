@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kws.config import MAX_HIDDEN_SIZE, MAX_LAYERS, MAX_SEED, AugmentConfig, ConfigError, RunConfig
+from kws.config import MAX_HIDDEN_SIZE, MAX_LAYERS, MAX_SEED, AugmentConfig, RunConfig
 from kws.data.cache import default_cache_dir
-from kws.errors import KWSError
+from kws.errors import ConfigError, KWSError
 from kws.model.checkpoint import load_checkpoint, run_config
 from kws.train.launch import environment_rank
 from kws.train.loop import PRECISIONS, train

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kws.config import ConfigError, RunConfig, TrainConfig, to_dict
+from kws.config import RunConfig, TrainConfig, to_dict
 from kws.data.splits import SplitData, prepare
-from kws.errors import KWSError
+from kws.errors import ConfigError, KWSError
 from kws.model.checkpoint import WEIGHTS_KEY, CheckpointError, checkpoint_weights, load_weights
 from kws.model.features import spec_augment
 from kws.model.network import KWSModel

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from kws.config import ConfigError, DataConfig, RunConfig
+from kws.config import DataConfig, RunConfig
 from kws.data.splits import PreparedData
-from kws.errors import KWSError
+from kws.errors import ConfigError, KWSError
 from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
 from kws.model.checkpoint import (
     CheckpointError,
