@@ -20,7 +20,7 @@ from kws.bench.streams import (
     plan_stream,
     render_stream,
 )
-from kws.bench.words import word_span
+from kws.data.words import word_span
 from support.synthetic import KEYWORDS, SAMPLE_RATE, WORD_SECONDS, synth_word
 
 NOISE_LEVEL = 0.003

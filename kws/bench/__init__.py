@@ -5,7 +5,7 @@ Modules (one concern each):
 * :mod:`~kws.bench.options`: the command's options, declared once (argparse, the reproducing command line);
 * :mod:`~kws.bench.inputs`: the model files and the checks of what is benchmarked;
 * :mod:`~kws.bench.accuracy`, :mod:`~kws.bench.speed`, :mod:`~kws.bench.machine`: the measurements;
-* :mod:`~kws.bench.words`, :mod:`~kws.bench.events`, :mod:`~kws.bench.streams`: a long labelled test stream
+* :mod:`~kws.data.words`, :mod:`~kws.bench.events`, :mod:`~kws.bench.streams`: a long labelled test stream
   (word boundaries, ground truth records, planning and rendering);
 * :mod:`~kws.bench.scoring`: detections against the ground truth (knows nothing of how streams are made);
 * :mod:`~kws.bench.streaming`: the bench's stream from the test split, run through the live path;

@@ -10,8 +10,8 @@ from kws.bench.formatting import finite, hours_needed, ms, pct, pct_ci, rate, si
 from kws.bench.report import MODEL_FP32, MODEL_INT8, MODEL_STREAM_INT8, MODEL_TORCH, BenchReport
 from kws.bench.scoring import POISSON_CONFIDENCE
 from kws.bench.speed import BENCH_THREADS, LATENCY_WARMUP, MS_PER_S
-from kws.bench.words import ENVELOPE_FRAME_SECONDS, WORD_DB_ABOVE_FLOOR, WORD_DB_BELOW_PEAK, WORD_MAX_INNER_GAP_SECONDS
 from kws.constants import UNKNOWN_LABEL
+from kws.data.words import ENVELOPE_FRAME_SECONDS, WORD_DB_ABOVE_FLOOR, WORD_DB_BELOW_PEAK, WORD_MAX_INNER_GAP_SECONDS
 from kws.train.evaluate import wilson_interval
 
 BYTES_PER_GIB = 2**30

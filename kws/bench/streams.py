@@ -3,7 +3,7 @@
 A stream is a sequence of *slots*: a gap of background noise (``GAP_SECONDS``) followed by one *event*:
 
 * a **keyword** event: a test-split keyword clip, whose spoken word's end is estimated from the clip's
-  energy envelope (:func:`kws.bench.words.word_span`);
+  energy envelope (:func:`kws.data.words.word_span`);
 * an **unknown** event: a test-split ``_unknown_`` clip (another Speech Commands word);
 * a **negative** event: a recording of non-keyword speech (e.g. people saying other wake words), any length.
 
@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from kws.bench.events import KIND_KEYWORD, KIND_NEGATIVE, KIND_UNKNOWN, StreamComposition, StreamEvent
-from kws.bench.words import rms, word_span
 from kws.constants import AUDIO_EXTENSIONS
 from kws.data.audio import AudioError, float_to_int16, load_audio
+from kws.data.words import rms, word_span
 from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
