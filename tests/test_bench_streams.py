@@ -14,12 +14,11 @@ from kws.bench.streams import (
     GAP_SECONDS,
     KEYWORD_SHARE_MAX,
     KEYWORD_SHARE_MIN,
-    Utterance,
     composition,
-    negative_utterances,
     plan_stream,
     render_stream,
 )
+from kws.bench.utterances import Utterance, negative_utterances
 from kws.data.words import word_span
 from support.synthetic import KEYWORDS, SAMPLE_RATE, WORD_SECONDS, synth_word
 

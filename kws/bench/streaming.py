@@ -17,15 +17,8 @@ from kws.bench.options import BenchOptions
 from kws.bench.report import Detection, DetectionFigures, OperatingPoint, Streaming
 from kws.bench.scoring import DetectionScore, score_detections
 from kws.bench.speed import BENCH_THREADS
-from kws.bench.streams import (
-    StreamSet,
-    Utterance,
-    composition,
-    file_utterances,
-    negative_utterances,
-    plan_stream,
-    render_stream,
-)
+from kws.bench.streams import StreamSet, composition, plan_stream, render_stream
+from kws.bench.utterances import Utterance, file_utterances, negative_utterances
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.data.audio import AudioError, int16_to_float, load_audio
 from kws.data.splits import PreparedData

@@ -29,16 +29,15 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kws.bench.events import KIND_KEYWORD, KIND_NEGATIVE, KIND_UNKNOWN, StreamComposition, StreamEvent
-from kws.constants import AUDIO_EXTENSIONS
-from kws.data.audio import AudioError, float_to_int16, load_audio
+from kws.bench.utterances import StreamSetError, Utterance
+from kws.data.audio import AudioError, float_to_int16
 from kws.data.words import rms, word_span
-from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
 
@@ -61,73 +60,6 @@ FALLBACK_NOISE_DBFS = -60.0
 FALLBACK_NOISE_SECONDS = 10.0
 SILENT_RMS = 1e-6
 """Noise recordings quieter than this (RMS) are digital silence and are not used."""
-
-
-class StreamSetError(KWSError):
-    """The stream cannot be built (no keyword clips, no readable negatives, ...)."""
-
-
-# ----------------------------------------------------------------------------------------- utterances
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One recording the stream can play.
-
-    Attributes:
-        kind: :data:`KIND_KEYWORD`, :data:`KIND_UNKNOWN` or :data:`KIND_NEGATIVE`.
-        label: the keyword (keyword events), the word (unknown events) or the negative's folder name.
-        source: where it comes from (a path, for the report).
-        seconds: its duration (s), for planning.
-        audio: float32 ``[samples]`` at the stream rate if already in memory, else read from ``source``.
-    """
-
-    kind: str
-    label: str
-    source: str
-    seconds: float
-    audio: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def load(self, sample_rate: int) -> np.ndarray:
-        """float32 ``[samples]`` at ``sample_rate`` (Hz)."""
-        if self.audio is not None:
-            return np.asarray(self.audio, dtype=np.float32)
-        return load_audio(self.source, sample_rate)
-
-
-def file_utterances(paths: Sequence[str | Path], kind: str, label_of: Callable[[Path], str]) -> list[Utterance]:
-    """Utterances of audio files, their durations read from the headers (unreadable files skipped, logged)."""
-    import soundfile as sf
-
-    out = []
-    for path in map(Path, paths):
-        try:
-            info = sf.info(str(path))
-        except Exception as exc:  # soundfile raises several types for non-audio data
-            logger.warning("skipping %s: %s", path, exc)
-            continue
-        if info.frames > 0:
-            out.append(Utterance(kind, label_of(path), str(path), info.frames / info.samplerate))
-    return out
-
-
-def negative_utterances(folder: str | Path) -> list[Utterance]:
-    """The held-out negatives of a folder (any layout; the label is the file's parent folder name).
-
-    Only the half of the files that `kws train --negatives` never uses (:func:`kws.data.layout.negative_split`) is
-    returned, so the stream's non-keyword speech is unseen in training whatever the model was trained with.
-
-    Raises:
-        DataError: the folder does not exist or holds no audio files.
-        StreamSetError: none of its held-out files is readable audio.
-    """
-    from kws.data.layout import negative_files, negative_split
-
-    held_out = [p for p in negative_files(folder) if negative_split(p) == "held-out"]
-    found = file_utterances(held_out, KIND_NEGATIVE, lambda p: p.parent.name)
-    if not found:
-        raise StreamSetError(f"no readable audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
-    return found
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -270,6 +202,61 @@ class NoiseBed:
         self._current = (index, start + n, level)
         return out.astype(np.float32, copy=False)
 
+    @property
+    def level(self) -> float:
+        """RMS level of the current stretch (``FALLBACK_NOISE_DBFS`` before the first)."""
+        return self._current[2] if self._current is not None else 10.0 ** (FALLBACK_NOISE_DBFS / 20.0)
+
+
+def render_slot(
+    p: PlannedEvent,
+    bed: NoiseBed,
+    sample_rate: int,
+    at: int,
+    effect: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, StreamEvent]:
+    """One slot: ``p.gap_seconds`` of noise, then the utterance (at ``p.gain_db``, peak-limited, passed
+    through ``effect`` if given, e.g. a room's reverberation) over the bed at ``p.snr_db``.
+
+    Args:
+        at: the slot's first sample in the stream (for the event's times).
+
+    Returns:
+        float32 ``[samples]`` of the slot, and its event (times in s from the stream start).
+
+    Raises:
+        StreamSetError: the utterance cannot be read.
+    """
+    u = p.utterance
+    try:
+        audio = u.load(sample_rate) * np.float32(10.0 ** (p.gain_db / 20.0))
+    except AudioError as exc:
+        raise StreamSetError(str(exc)) from None
+    if effect is not None:
+        audio = effect(audio)
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    if peak > PEAK_LIMIT:
+        audio *= np.float32(PEAK_LIMIT / peak)
+    span = word_span(audio, sample_rate)
+    level = span.active_rms / 10.0 ** (p.snr_db / 20.0)
+    gap = round(p.gap_seconds * sample_rate)
+    segment = bed.take(gap + len(audio), level)
+    segment[gap:] += audio
+    start = (at + gap) / sample_rate
+    event = StreamEvent(
+        kind=u.kind,
+        label=u.label,
+        source=u.source,
+        start=start,
+        end=start + len(audio) / sample_rate,
+        word_start=start + span.start,
+        word_end=start + span.end,
+        use=p.use,
+        gain_db=p.gain_db,
+        snr_db=p.snr_db,
+    )
+    return segment, event
+
 
 def render_stream(
     plan: Sequence[PlannedEvent],
@@ -278,7 +265,8 @@ def render_stream(
     path: str | Path,
     seed: int,
 ) -> tuple[list[StreamEvent], float]:
-    """Write the planned stream to ``path`` (16-bit PCM WAV, mono, ``sample_rate`` Hz), slot by slot.
+    """Write the planned stream to ``path`` (16-bit PCM WAV, mono, ``sample_rate`` Hz), slot by slot
+    (:func:`render_slot`), then ``TAIL_SECONDS`` of noise.
 
     Returns:
         the events with their times, and the stream duration (s).
@@ -292,42 +280,15 @@ def render_stream(
     bed = NoiseBed(noises, sample_rate, rng)
     events: list[StreamEvent] = []
     written = 0
-    level = 10.0 ** (FALLBACK_NOISE_DBFS / 20.0)
     wav = sf.SoundFile(str(path), "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format="WAV")
     with wav as out:
         for p in plan:
-            u = p.utterance
-            try:
-                audio = u.load(sample_rate) * np.float32(10.0 ** (p.gain_db / 20.0))
-            except AudioError as exc:
-                raise StreamSetError(str(exc)) from None
-            peak = float(np.abs(audio).max()) if len(audio) else 0.0
-            if peak > PEAK_LIMIT:
-                audio *= np.float32(PEAK_LIMIT / peak)
-            span = word_span(audio, sample_rate)
-            level = span.active_rms / 10.0 ** (p.snr_db / 20.0)
-            gap = round(p.gap_seconds * sample_rate)
-            segment = bed.take(gap + len(audio), level)
-            segment[gap:] += audio
+            segment, event = render_slot(p, bed, sample_rate, written)
             out.write(float_to_int16(segment))
-            start = (written + gap) / sample_rate
-            events.append(
-                StreamEvent(
-                    kind=u.kind,
-                    label=u.label,
-                    source=u.source,
-                    start=start,
-                    end=start + len(audio) / sample_rate,
-                    word_start=start + span.start,
-                    word_end=start + span.end,
-                    use=p.use,
-                    gain_db=p.gain_db,
-                    snr_db=p.snr_db,
-                )
-            )
+            events.append(event)
             written += len(segment)
         tail = round(TAIL_SECONDS * sample_rate)
-        out.write(float_to_int16(bed.take(tail, level)))
+        out.write(float_to_int16(bed.take(tail, bed.level)))
         written += tail
     return events, written / sample_rate
 
