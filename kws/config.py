@@ -1,5 +1,7 @@
 """Frozen dataclass configurations (torch-free).
 
+(Over 400 lines on purpose: every config saved in a checkpoint is declared here, in one place.)
+
 Every config is saved in the checkpoint (and the feature/model configs in the ONNX metadata) so that a model
 can be rebuilt from the file alone, and reloaded with :func:`from_dict`, which rejects unknown fields.
 """
@@ -240,6 +242,7 @@ class TrainConfig:
     teacher: str = ""  # a `kws teacher --out` folder whose soft labels the student learns from ("": none)
     distill_weight: float = 0.5  # share of the loss given to the teacher's soft labels
     distill_temperature: float = 2.0  # softmax temperature of both teacher and student in that term
+    init_from: str = ""  # a checkpoint whose evaluated weights a new run starts from (fine-tuning; "": none)
 
     def __post_init__(self) -> None:
         _check_finite(
@@ -269,6 +272,68 @@ class TrainConfig:
         _check(self.grad_clip > 0, "need grad_clip > 0")
         _check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0: off)")
         _check(self.num_workers >= 0, "need num_workers >= 0")
+
+
+MAX_STREAM_SECONDS = 60.0
+MAX_STREAM_BATCH = 256
+
+
+@dataclass(frozen=True)
+class StreamTrainConfig:
+    """Frame-level training on long synthetic streams (:mod:`kws.train.streams`), beside the clip loss.
+
+    Each step also draws ``batch`` sequences of ``seconds`` built from the training split (keyword clips,
+    unknown-word clips, pieces of the ``--negatives`` recordings and noise gaps over a noise bed) and scores
+    every frame's pooled posteriors as the runtime computes them, with the LSTM state carried over the whole
+    sequence: ``loss = clip loss + weight * stream loss``. Checkpoints written before it existed load with
+    these defaults (off).
+
+    Attributes:
+        weight: share of the stream loss (0: off, the run is exactly the clip-only one).
+        seconds: length of each sequence (s).
+        batch: sequences per step.
+        label_window_ms: frames ending this long after a keyword's word end are its targets (ms).
+        keyword_fraction, unknown_fraction, negative_fraction: relative odds of the next event being a keyword
+            clip, an unknown-word clip or a piece of negative speech; the rest (``1 - sum``, if positive) are
+            noise-only gaps. Without ``--negatives`` their share goes to the others.
+        snr_db_min, snr_db_max: level of the speech over the noise bed (dB, uniform per sequence).
+    """
+
+    weight: float = 0.0
+    seconds: float = 12.0
+    batch: int = 4
+    label_window_ms: float = 300.0
+    keyword_fraction: float = 0.4
+    unknown_fraction: float = 0.25
+    negative_fraction: float = 0.25
+    snr_db_min: float = 5.0
+    snr_db_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_finite(
+            self,
+            "weight",
+            "seconds",
+            "label_window_ms",
+            "keyword_fraction",
+            "unknown_fraction",
+            "negative_fraction",
+            "snr_db_min",
+            "snr_db_max",
+        )
+        _check(0 <= self.weight <= 100, f"stream weight must be in [0, 100] (0: off), got {self.weight}")
+        _check(
+            2 <= self.seconds <= MAX_STREAM_SECONDS,
+            f"stream seconds must be in [2, {MAX_STREAM_SECONDS:g}], got {self.seconds}",
+        )
+        _check(1 <= self.batch <= MAX_STREAM_BATCH, f"stream batch must be in 1..{MAX_STREAM_BATCH}, got {self.batch}")
+        _check(0 < self.label_window_ms <= 1000, f"label_window_ms must be in (0, 1000], got {self.label_window_ms}")
+        fractions = (self.keyword_fraction, self.unknown_fraction, self.negative_fraction)
+        _check(
+            all(f >= 0 for f in fractions) and 0 < self.keyword_fraction and sum(fractions) <= 1,
+            "stream fractions must be >= 0, keyword_fraction > 0, and sum to at most 1",
+        )
+        _check(self.snr_db_min <= self.snr_db_max, "need stream snr_db_min <= snr_db_max")
 
 
 @dataclass(frozen=True)
@@ -330,6 +395,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stream: StreamTrainConfig = field(default_factory=StreamTrainConfig)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -383,5 +449,6 @@ def to_json(config: Any) -> str:
 
 
 _CONFIG_TYPES: dict[str, type] = {
-    c.__name__: c for c in (FeatureConfig, ModelConfig, DataConfig, AugmentConfig, TrainConfig, RunConfig)
+    c.__name__: c
+    for c in (FeatureConfig, ModelConfig, DataConfig, AugmentConfig, TrainConfig, StreamTrainConfig, RunConfig)
 }

@@ -12,12 +12,18 @@ from kws.config import AugmentConfig
 EPS = 1e-8
 
 
-def _random_slice(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+def random_slice(audio: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
     """A random ``length``-sample slice of ``audio`` (tiled if shorter)."""
     if len(audio) < length:
         audio = np.tile(audio, length // max(len(audio), 1) + 1)
     start = int(rng.integers(0, len(audio) - length + 1))
     return audio[start : start + length]
+
+
+def noise_scale(signal_rms: float, noise: np.ndarray, snr_db: float) -> np.float32:
+    """The factor that puts ``noise`` (float ``[samples]``) ``snr_db`` dB below a signal of RMS ``signal_rms``."""
+    noise_rms = np.sqrt(np.mean(noise**2) + EPS)
+    return np.float32(signal_rms / noise_rms / 10 ** (snr_db / 20))
 
 
 def _speed(audio: np.ndarray, factor: float) -> np.ndarray:
@@ -78,11 +84,9 @@ class Augmenter:
         if cfg.gain_db:
             audio = audio * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
         if self.noises and not is_silence and rng.random() < cfg.noise_prob:
-            noise = _random_slice(self.noises[int(rng.integers(len(self.noises)))], n, rng)
+            noise = random_slice(self.noises[int(rng.integers(len(self.noises)))], n, rng)
             snr_db = rng.uniform(cfg.snr_db_min, cfg.snr_db_max)
-            signal_rms = np.sqrt(np.mean(audio**2) + EPS)
-            noise_rms = np.sqrt(np.mean(noise**2) + EPS)
-            audio = audio + noise * np.float32(signal_rms / noise_rms / 10 ** (snr_db / 20))
+            audio = audio + noise * noise_scale(np.sqrt(np.mean(audio**2) + EPS), noise, snr_db)
         return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
     def context(self, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,7 +98,7 @@ class Augmenter:
             out[length - len(tail) :] = tail
             return out
         if self.noises:
-            noise = _random_slice(self.noises[int(rng.integers(len(self.noises)))], length, rng)
+            noise = random_slice(self.noises[int(rng.integers(len(self.noises)))], length, rng)
             return noise * np.float32(rng.uniform(0.0, 0.5))
         return np.zeros(length, np.float32)
 

@@ -114,12 +114,19 @@ class DataCaches:
                 return None
             row = cache.row(f"{path.parent.name}/{path.name}")
             return None if row is None else (cache, row)
+        samples = self.file_samples(path)
+        return None if samples is None else crop(samples, self.sample_rate, self.clip_samples, ex.crop_offset)
+
+    def file_samples(self, path: Path) -> np.ndarray | None:
+        """The whole int16 audio ``[samples]`` of a ``--negatives`` file in the ``files`` caches, or None (not
+        cached: read the file).
+
+        Raises:
+            AudioError: the file could not be read when the cache was built.
+        """
         for root, cache in self.files.items():
             if path.is_relative_to(root):
-                samples = cache.samples(path.relative_to(root).as_posix())
-                if samples is None:
-                    return None
-                return crop(samples, self.sample_rate, self.clip_samples, ex.crop_offset)
+                return cache.samples(path.relative_to(root).as_posix())
         return None
 
 
@@ -268,13 +275,15 @@ class AugmentedBatches:
 
 @dataclass
 class PreparedData:
-    """A run's labels, corpus, noises and loaded splits."""
+    """A run's labels, corpus, noises and loaded splits (``caches``: the decoded-audio caches they were read
+    through, None when the files were read)."""
 
     labels: list[str]
     corpus: Corpus
     noises: list[np.ndarray]
     splits: dict[str, SplitData]
     summary: dict[str, object]
+    caches: DataCaches | None = None
 
 
 def prepare(
@@ -311,7 +320,26 @@ def prepare(
     silence_index = labels.index(SILENCE_LABEL)
     for data in loaded.values():
         data.silence |= data.labels == silence_index
-    return PreparedData(labels=labels, corpus=corpus, noises=noises, splits=loaded, summary=summary)
+    return PreparedData(labels=labels, corpus=corpus, noises=noises, splits=loaded, summary=summary, caches=caches)
+
+
+def negative_recordings(prepared: PreparedData, sample_rate: int) -> list[np.ndarray]:
+    """The whole training-half ``--negatives`` recordings, int16 ``[samples]`` each, any length (views of the
+    memory-mapped ``files`` caches when the run reads through them, else read from the files; unreadable ones
+    skipped with a warning). The training streams (:mod:`kws.train.streams`) take pieces of them at random
+    offsets, so that over a run every frame of them is used, not only the 1 s crops of ``_unknown_``."""
+    out = []
+    for path in prepared.corpus.negatives:
+        try:
+            samples = prepared.caches.file_samples(path) if prepared.caches is not None else None
+            if samples is None:
+                samples = float_to_int16(load_audio(path, sample_rate))
+        except AudioError as exc:
+            logger.warning("skipping %s", exc)
+            continue
+        if len(samples):
+            out.append(samples)
+    return out
 
 
 def speech_context_clips(
