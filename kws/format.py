@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.errors import KWSError
 
 # ------------------------------------------------------------------------------------------ metadata keys
@@ -46,6 +47,11 @@ META_STATE = "kws.state"  # JSON: [{"input": ..., "output": ..., "shape": [layer
 META_EVALUATION = "kws.evaluation"  # JSON
 META_QUANTIZATION = "kws.quantization"  # QUANT_NONE, QUANT_DYNAMIC or QUANT_STATIC
 META_VERSION = "kws.version"
+# How to run the model (optional; written by `kws calibrate`; a model without them runs with the runtime's
+# built-in defaults: two lanes reset every 2000 ms, threshold 0.7, patience 1)
+META_THRESHOLDS = "kws.thresholds"  # JSON object: keyword -> detection threshold in (0, 1]
+META_RESET_PERIOD_MS = "kws.reset_period_ms"  # number >= 0 (ms); 0: one lane, state carried forever
+META_PATIENCE = "kws.patience"  # whole number >= 1: consecutive frames over threshold for a detection
 
 REQUIRED_METADATA: tuple[str, ...] = (
     META_FORMAT, META_KIND, META_LABELS, META_SAMPLE_RATE, META_WINDOW_SAMPLES, META_HOP_SAMPLES, META_STATE,
@@ -153,6 +159,10 @@ class ModelMetadata:
         quantization: ``QUANT_*`` (:data:`UNKNOWN` when a file has none).
         version: kws version that exported the model.
         format: ``kws.format`` (:data:`META_FORMAT_VERSION`).
+        thresholds: calibrated detection threshold per keyword, in (0, 1] ({} when a file has none).
+        reset_period_ms: the lane reset period the thresholds were calibrated with (ms; 0: one lane, never
+            reset; None when a file has none).
+        patience: consecutive frames over threshold a detection needs (None when a file has none).
     """
 
     kind: str
@@ -170,6 +180,9 @@ class ModelMetadata:
     quantization: str = QUANT_NONE
     version: str = UNKNOWN
     format: str = META_FORMAT_VERSION
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    reset_period_ms: float | None = None
+    patience: int | None = None
 
     @property
     def clip_frames(self) -> int:
@@ -182,8 +195,9 @@ class ModelMetadata:
         return self.window_samples - self.hop_samples
 
     def to_props(self) -> dict[str, str]:
-        """The ``metadata_props`` entries (the writer; always in this order)."""
-        return {
+        """The ``metadata_props`` entries (the writer; always in this order; the optional run settings only
+        when set, so a model without them is written as before)."""
+        props = {
             META_FORMAT: self.format,
             META_KIND: self.kind,
             META_LABELS: json.dumps(list(self.labels)),
@@ -200,6 +214,13 @@ class ModelMetadata:
             META_QUANTIZATION: self.quantization,
             META_VERSION: self.version,
         }
+        if self.thresholds:
+            props[META_THRESHOLDS] = json.dumps({k: float(v) for k, v in self.thresholds.items()}, sort_keys=True)
+        if self.reset_period_ms is not None:
+            props[META_RESET_PERIOD_MS] = repr(float(self.reset_period_ms))
+        if self.patience is not None:
+            props[META_PATIENCE] = str(self.patience)
+        return props
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str | Path = "model") -> ModelMetadata:
@@ -213,7 +234,7 @@ class ModelMetadata:
         """
         # The runtime's bounds on audio rates; imported here, not at the top: kws.runtime.config imports
         # kws.config, which imports this module.
-        from kws.runtime.config import MAX_INPUT_RATE, MIN_INPUT_RATE
+        from kws.runtime.config import MAX_INPUT_RATE, MAX_PATIENCE, MAX_RESET_PERIOD_MS, MIN_INPUT_RATE
 
         meta = dict(props)
         missing = [k for k in REQUIRED_METADATA if k not in meta]
@@ -239,6 +260,8 @@ class ModelMetadata:
         pool_frames = clip_frames
         if pooling in POOLINGS:
             pool_frames = _integer(source, meta, META_POOL_FRAMES, 1, clip_frames, clip_frames)
+        reset = meta.get(META_RESET_PERIOD_MS)
+        reset_ms = None if reset is None else _number(source, META_RESET_PERIOD_MS, reset, MAX_RESET_PERIOD_MS)
         return cls(
             kind=meta[META_KIND], labels=labels, sample_rate=rate, clip_samples=clip, window_samples=window,
             hop_samples=hop, pooling=pooling, pool_frames=pool_frames, states=states, feature_config=features,
@@ -246,6 +269,9 @@ class ModelMetadata:
             evaluation=_informational(meta.get(META_EVALUATION)),
             quantization=meta.get(META_QUANTIZATION, UNKNOWN), version=meta.get(META_VERSION, UNKNOWN),
             format=meta[META_FORMAT],
+            thresholds=_thresholds(source, meta[META_THRESHOLDS], labels) if META_THRESHOLDS in meta else {},
+            reset_period_ms=reset_ms,
+            patience=_integer(source, meta, META_PATIENCE, 1, MAX_PATIENCE) if META_PATIENCE in meta else None,
         )  # fmt: skip
 
 
@@ -287,6 +313,37 @@ def _integer(source: str | Path, meta: Mapping[str, str], key: str, low: int, hi
     if not low <= value <= high:
         raise ModelError(f"{source}: metadata {key}={value} is out of range [{low}, {high}]")
     return value
+
+
+def _number(source: str | Path, key: str, raw: str, high: float) -> float:
+    """Metadata ``key`` as a finite number in ``[0, high]``."""
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ModelError(f"{source}: metadata {key} must be a number, got {_short(raw)}") from None
+    if not 0 <= value <= high:  # nan fails too
+        raise ModelError(f"{source}: metadata {key}={value:g} is out of range [0, {high:g}]")
+    return value
+
+
+def _thresholds(source: str | Path, text: str, labels: tuple[str, ...]) -> dict[str, float]:
+    """``kws.thresholds``: a JSON object of keywords of ``labels`` -> numbers in (0, 1]."""
+    value = _json(source, META_THRESHOLDS, text)
+    if not isinstance(value, dict):
+        raise ModelError(f"{source}: metadata {META_THRESHOLDS} must be a JSON object keyword -> threshold, "
+                         f"got {_short(text)}")  # fmt: skip
+    keywords = [x for x in labels if x not in (SILENCE_LABEL, UNKNOWN_LABEL)]
+    out = {}
+    for keyword, threshold in value.items():
+        if keyword not in keywords:
+            raise ModelError(f"{source}: metadata {META_THRESHOLDS} names {_short(keyword)}, not a keyword of the "
+                             f"model (keywords: {', '.join(keywords)})")  # fmt: skip
+        number = threshold if type(threshold) in (int, float) else math.nan
+        if not 0 < number <= 1:
+            raise ModelError(f"{source}: metadata {META_THRESHOLDS}: the threshold of {keyword} must be a number "
+                             f"in (0, 1], got {_short(threshold)}")  # fmt: skip
+        out[keyword] = float(number)
+    return out
 
 
 def _informational(text: str | None) -> dict[str, Any]:

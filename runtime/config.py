@@ -3,6 +3,10 @@
 Times are given in milliseconds and converted to whole model hops (frames) once the model is known, so the
 same configuration works for any hop size. The state re-synchronisation scheme (``lanes``,
 ``reset_period_ms``) is described in :mod:`kws.runtime.engine`.
+
+Where the settings come from (:func:`spotter_config`): the built-in defaults below, replaced by what the model's
+metadata says (``kws.thresholds``, ``kws.reset_period_ms``, ``kws.patience``, written by ``kws calibrate``),
+replaced by what the caller sets explicitly (``kws listen`` options, keyword arguments).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.errors import ConfigError
@@ -47,6 +52,10 @@ DEFAULT_THRESHOLD = 0.7
 DEFAULT_REFRACTORY_MS = 1000.0
 """After a detection no keyword is reported for this long (recognize_commands: suppression)."""
 
+DEFAULT_PATIENCE = 1
+"""Consecutive frames a keyword's smoothed posterior must stay at or over its threshold before it is reported
+(1: the first frame over it)."""
+
 # Ranges of the settings. The upper bounds are far beyond any useful value; they keep an absurd option (a typo
 # such as --smoothing-ms 1e12) from becoming a huge allocation, a hang or an overflow deep in the engine.
 MAX_CHUNK_MS = 2_000.0
@@ -55,6 +64,8 @@ MAX_SMOOTHING_MS = 10_000.0
 MAX_REFRACTORY_MS = 3_600_000.0
 MAX_RESET_PERIOD_MS = 3_600_000.0
 MAX_LANES = 16
+MAX_PATIENCE = 1000
+"""Frames of patience (20 s at 20 ms hops)."""
 MAX_THREADS = 64
 """onnxruntime intra-op threads: a tiny streaming model gains nothing beyond a few."""
 
@@ -70,6 +81,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "refractory_ms": (0.0, MAX_REFRACTORY_MS, False),
     "reset_period_ms": (0.0, MAX_RESET_PERIOD_MS, False),
     "lanes": (1, MAX_LANES, False),
+    "patience": (1, MAX_PATIENCE, False),
 }
 """(low, high, low excluded) of each numeric :class:`SpotterConfig` field; thresholds are in (0, 1]."""
 
@@ -88,6 +100,7 @@ class SpotterConfig:
         thresholds: per-keyword thresholds overriding ``threshold``; a mapping or ``(keyword, value)`` pairs,
             stored as a sorted tuple of pairs.
         refractory_ms: dead time after a detection during which nothing is reported.
+        patience: consecutive frames at or over its threshold a keyword needs before it is reported.
     """
 
     chunk_ms: float = DEFAULT_CHUNK_MS
@@ -97,6 +110,7 @@ class SpotterConfig:
     threshold: float = DEFAULT_THRESHOLD
     thresholds: tuple[tuple[str, float], ...] = field(default=())
     refractory_ms: float = DEFAULT_REFRACTORY_MS
+    patience: int = DEFAULT_PATIENCE
 
     def __post_init__(self) -> None:
         pairs = self.thresholds.items() if isinstance(self.thresholds, Mapping) else self.thresholds
@@ -105,7 +119,8 @@ class SpotterConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"thresholds must be (keyword, number) pairs: {exc}") from None
         object.__setattr__(self, "thresholds", thresholds)
-        _check(is_whole(self.lanes), f"lanes must be a whole number, got {self.lanes!r}")
+        for name in ("lanes", "patience"):
+            _check(is_whole(getattr(self, name)), f"{name} must be a whole number, got {getattr(self, name)!r}")
         for name, (low, high, low_excluded) in RANGES.items():
             check_range(name, getattr(self, name), low, high, low_excluded=low_excluded)
         _check(
@@ -120,6 +135,44 @@ class SpotterConfig:
     def threshold_for(self, keyword: str) -> float:
         """The detection threshold of ``keyword``."""
         return dict(self.thresholds).get(keyword, self.threshold)
+
+
+class ModelSettings(Protocol):
+    """What a model's metadata says about running it (:class:`kws.runtime.model.ModelInfo` has these)."""
+
+    thresholds: tuple[tuple[str, float], ...]
+    reset_period_ms: float | None
+    patience: int | None
+
+
+def spotter_config(model: ModelSettings | None = None, **explicit: Any) -> SpotterConfig:
+    """The settings of a run: the built-in defaults, then the model's metadata, then ``explicit``.
+
+    From the model: its per-keyword thresholds, its reset period (with one lane for 0, else
+    :data:`DEFAULT_LANES`) and its patience. Explicit settings (:class:`SpotterConfig` fields) win: an explicit
+    default ``threshold`` replaces the model's thresholds (they are all per keyword), explicit ``thresholds``
+    replace the model's for those keywords only, and explicit ``lanes`` > 1 on a model calibrated with one lane
+    run with :data:`DEFAULT_RESET_PERIOD_MS` unless a reset period is given too. A model without these entries
+    (``model`` None) gives ``SpotterConfig(**explicit)``.
+
+    Raises:
+        ConfigError: as :class:`SpotterConfig`.
+    """
+    values: dict[str, Any] = {}
+    if model is not None:
+        if model.reset_period_ms is not None:
+            values["reset_period_ms"] = model.reset_period_ms
+            values["lanes"] = 1 if model.reset_period_ms == 0 else DEFAULT_LANES
+            lanes = explicit.get("lanes")
+            if model.reset_period_ms == 0 and is_whole(lanes) and lanes > 1:
+                values["reset_period_ms"] = DEFAULT_RESET_PERIOD_MS
+        if model.patience is not None:
+            values["patience"] = model.patience
+        if model.thresholds and "threshold" not in explicit:
+            values["thresholds"] = dict(model.thresholds)
+    given = SpotterConfig(thresholds=explicit.get("thresholds", ())).thresholds  # checked and normalised
+    thresholds = {**values.get("thresholds", {}), **dict(given)}
+    return SpotterConfig(**{**values, **explicit, "thresholds": thresholds})
 
 
 def frames_for(ms: float, hop_ms: float, minimum: int = 0) -> int:

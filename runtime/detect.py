@@ -7,6 +7,8 @@
    detection), and a keyword that was above its threshold while it could not be reported (it was just
    reported, or it was suppressed) must fall below its threshold again before it can be reported. A long
    plateau, or a confusable second keyword riding on the same utterance, therefore gives no second detection.
+4. Patience (optional, ``patience`` frames, default 1): a keyword only counts as over its threshold once its
+   smoothed posterior has stayed there for that many consecutive frames (a one-frame spike is not reported).
 
 Both stages keep their own small state and give the same result whatever the block sizes, so a recorded
 score trace (:class:`ScoreTrace`) re-evaluated with :func:`detections_from_scores` gives exactly the
@@ -21,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from kws.errors import ConfigError
-from kws.runtime.config import DEFAULT_THREADS, NON_KEYWORD_LABELS, SpotterConfig, frames_for
+from kws.runtime.config import (
+    DEFAULT_PATIENCE,
+    DEFAULT_THREADS,
+    NON_KEYWORD_LABELS,
+    SpotterConfig,
+    frames_for,
+    spotter_config,
+)
 from kws.runtime.engine import StreamEngine
 from kws.runtime.model import ModelInfo, StreamingModel, load_model
 
@@ -96,26 +105,45 @@ class Smoother:
 
 
 class Decider:
-    """Thresholds, winner selection and refractory time over smoothed posteriors.
+    """Thresholds, patience, winner selection and refractory time over smoothed posteriors.
 
     Args:
         thresholds: per label ``[n_labels]``; ``inf`` for labels never reported.
         refractory_frames: frames after a detection during which nothing is reported.
+        patience: consecutive frames at or over its threshold before a label counts as over it (>= 1).
     """
 
-    def __init__(self, thresholds: np.ndarray, refractory_frames: int) -> None:
+    def __init__(self, thresholds: np.ndarray, refractory_frames: int, patience: int = DEFAULT_PATIENCE) -> None:
         self.thresholds = np.asarray(thresholds, dtype=np.float32)
         self.refractory_frames = refractory_frames
+        self.patience = patience
         self.reset()
 
     def reset(self) -> None:
         self._armed = np.ones(len(self.thresholds), dtype=bool)
         self._all_armed = True
         self._last: int | None = None
+        self._runs = np.zeros(len(self.thresholds), dtype=np.int64)  # frames over threshold so far, per label
+
+    def _over(self, smoothed: np.ndarray) -> np.ndarray:
+        """bool ``[k, n_labels]``: over threshold, for ``patience`` consecutive frames (carried across calls)."""
+        above = smoothed >= self.thresholds
+        if self.patience == 1:
+            return above
+        if not above.any():
+            self._runs.fill(0)
+            return above
+        runs = np.empty(above.shape, dtype=np.int64)
+        current = self._runs
+        for t, row in enumerate(above):
+            current = np.where(row, current + 1, 0)
+            runs[t] = current
+        self._runs = current
+        return runs >= self.patience
 
     def process(self, first_frame: int, smoothed: np.ndarray) -> list[tuple[int, int, float]]:
         """Smoothed ``[k, n_labels]`` of frames ``first_frame...`` -> ``(frame, label index, score)`` hits."""
-        above = smoothed >= self.thresholds
+        above = self._over(smoothed)
         if not above.any():  # the usual case: nothing to do but re-arm
             if not self._all_armed:
                 self._armed.fill(True)
@@ -183,8 +211,8 @@ def threshold_vector(labels: tuple[str, ...], config: SpotterConfig) -> np.ndarr
 def detections_from_scores(trace: ScoreTrace, config: SpotterConfig | None = None) -> list[Detection]:
     """The detections a live run with ``config`` (default: the trace's own) would have reported.
 
-    Only the detection settings of ``config`` are used (thresholds, smoothing, refractory time); chunking
-    and lanes are those of the recorded run. Re-smooths ``trace.raw`` if ``smoothing_ms`` changed.
+    Only the detection settings of ``config`` are used (thresholds, smoothing, refractory time, patience);
+    chunking and lanes are those of the recorded run. Re-smooths ``trace.raw`` if ``smoothing_ms`` changed.
     """
     config = config or trace.config
     window = frames_for(config.smoothing_ms, trace.hop_ms, 1)
@@ -196,7 +224,8 @@ def detections_from_scores(trace: ScoreTrace, config: SpotterConfig | None = Non
         empty = np.zeros((0, len(trace.labels)), np.float32)
         smoothed = np.concatenate([empty, *(smoother.process(trace.raw[i : i + step])
                                             for i in range(0, len(trace.raw), step))])  # fmt: skip
-    decider = Decider(threshold_vector(trace.labels, config), frames_for(config.refractory_ms, trace.hop_ms))
+    decider = Decider(threshold_vector(trace.labels, config), frames_for(config.refractory_ms, trace.hop_ms),
+                      config.patience)  # fmt: skip
     return [
         Detection(time=float(trace.times[f]), keyword=trace.labels[j], confidence=score, frame=f)
         for f, j, score in decider.process(0, smoothed)
@@ -208,7 +237,8 @@ class KeywordSpotter:
 
     Args:
         model: a loaded :class:`StreamingModel`, a path to a streaming ONNX file, or None (shipped model).
-        config: streaming and detection settings (default :class:`SpotterConfig`).
+        config: streaming and detection settings (default: the model's, :func:`spotter_config`; a given
+            config is used as it is).
         threads: onnxruntime intra-op threads when ``model`` is a path.
         record_scores: keep every frame's posteriors for :meth:`trace` (offline analysis only: grows with
             the stream).
@@ -222,14 +252,14 @@ class KeywordSpotter:
         threads: int = DEFAULT_THREADS, record_scores: bool = False,
     ) -> None:  # fmt: skip
         self.model = load_model(model, threads)
-        self.config = config if config is not None else SpotterConfig()
+        self.config = config if config is not None else spotter_config(self.model.info)
         info = self.model.info
         self.labels = info.labels
         self.keywords = info.keywords
         self.engine = StreamEngine(self.model, self.config)
         self.smoother = Smoother(frames_for(self.config.smoothing_ms, info.hop_ms, 1), len(self.labels))
         self.decider = Decider(threshold_vector(self.labels, self.config),
-                               frames_for(self.config.refractory_ms, info.hop_ms))  # fmt: skip
+                               frames_for(self.config.refractory_ms, info.hop_ms), self.config.patience)  # fmt: skip
         self.record_scores = record_scores
         self._recorded: list[tuple[np.ndarray, np.ndarray]] = []
         self.detections = 0

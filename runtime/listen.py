@@ -24,16 +24,20 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from kws.errors import ConfigError
 from kws.runtime.config import (
+    DEFAULT_LANES,
+    DEFAULT_PATIENCE,
+    DEFAULT_RESET_PERIOD_MS,
     DEFAULT_THREADS,
     DEFAULT_THRESHOLD,
     MAX_CHUNK_MS,
     MAX_INPUT_CHANNELS,
     MAX_INPUT_RATE,
     MAX_LANES,
+    MAX_PATIENCE,
     MAX_REFRACTORY_MS,
     MAX_RESET_PERIOD_MS,
     MAX_SMOOTHING_MS,
@@ -44,11 +48,13 @@ from kws.runtime.config import (
     check_range,
     check_threads,
     parse_thresholds,
+    spotter_config,
 )
 from kws.runtime.console import StdoutGuard, StopSignals, checked_stdout, print_err, write
 
 if TYPE_CHECKING:  # imported in run(), with start-up signals deferred (see StopSignals)
     from kws.runtime.detect import Detection, KeywordSpotter
+    from kws.runtime.model import ModelInfo
     from kws.runtime.sources import AudioSource
 
 PROG = "kws listen"
@@ -65,11 +71,12 @@ OPTIONAL_MODULES = ("soundfile", "soxr")
 @dataclass(frozen=True)
 class DetectionOption:
     """A numeric option of ``kws listen`` that sets one :class:`SpotterConfig` field (its default is the
-    field's, its range that of :data:`kws.runtime.config.RANGES`)."""
+    field's, or the model's own setting if ``from_model``; its range that of :data:`kws.runtime.config.RANGES`)."""
 
     name: str
     kind: type
     help: str
+    from_model: bool = False
 
 
 DETECTION_OPTIONS: dict[str, DetectionOption] = {
@@ -89,13 +96,23 @@ DETECTION_OPTIONS: dict[str, DetectionOption] = {
     "--lanes": DetectionOption(
         "lanes",
         int,
-        f"LSTM states, reset in turn to stay in sync over long streams, 1..{MAX_LANES} (default: %(default)s)",
+        f"LSTM states, reset in turn to stay in sync over long streams, 1..{MAX_LANES} (default: 1 if the "
+        f"model's kws.reset_period_ms is 0, else {DEFAULT_LANES})",
+        from_model=True,
     ),
     "--reset-period-ms": DetectionOption(
         "reset_period_ms",
         float,
         f"each lane is reset to zero state this often, up to {MAX_RESET_PERIOD_MS:.0f}; 0: never, with --lanes 1 "
-        "(default: %(default)g)",
+        f"(default: the model's kws.reset_period_ms, else {DEFAULT_RESET_PERIOD_MS:g})",
+        from_model=True,
+    ),
+    "--patience": DetectionOption(
+        "patience",
+        int,
+        f"consecutive frames over its threshold a keyword needs, 1..{MAX_PATIENCE} (default: the model's "
+        f"kws.patience, else {DEFAULT_PATIENCE})",
+        from_model=True,
     ),
 }
 """The detection options, in the order of ``--help``."""
@@ -138,24 +155,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     detect = parser.add_argument_group("detection")
     detect.add_argument("--threshold", "-t", action="append", default=[], metavar="[KEYWORD=]VALUE",
                         help="smoothed posterior needed to report a keyword: a default (e.g. 0.8) or one keyword's "
-                             f"(e.g. yes=0.9), in (0, 1]; repeatable (default: {DEFAULT_THRESHOLD})")  # fmt: skip
+                             f"(e.g. yes=0.9), in (0, 1]; repeatable (default: the model's kws.thresholds, else "
+                             f"{DEFAULT_THRESHOLD}; a default given here replaces them all)")  # fmt: skip
     defaults = {f.name: f.default for f in fields(SpotterConfig)}
     for option, spec in DETECTION_OPTIONS.items():
-        detect.add_argument(option, type=spec.kind, default=defaults[spec.name], help=spec.help)
+        default = None if spec.from_model else defaults[spec.name]
+        detect.add_argument(option, type=spec.kind, default=default, help=spec.help)
 
     parser.add_argument("--json", action="store_true", help="one JSON object per detection")
 
 
-def config_from_args(args: argparse.Namespace) -> SpotterConfig:
-    """Every check of the command line, before anything is loaded, and the :class:`SpotterConfig` it gives.
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every check of the command line, before anything is loaded, and the :class:`SpotterConfig` fields it sets
+    (those the model may set, :data:`DetectionOption.from_model`, and the thresholds only where given).
 
     In order: ``--threads``, the raw PCM format, options meant for another input (mistakes, not silently
-    ignored), the detection options (in the order of :class:`SpotterConfig`'s fields), the thresholds, then
-    the combination (:class:`SpotterConfig` itself).
+    ignored), the detection options (in the order of :class:`SpotterConfig`'s fields), then the thresholds. The
+    combination is checked with the model's settings (:func:`config_from_args`).
 
     Raises:
-        ConfigError: an option is out of its range (named as on the command line), belongs to another input,
-            or the combination is invalid.
+        ConfigError: an option is out of its range (named as on the command line) or belongs to another input.
     """
     check_threads(args.threads, "--threads")
     if args.raw_rate is not None:
@@ -169,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> SpotterConfig:
         raise ConfigError("--raw-rate/--raw-channels describe raw PCM on stdin: use them with --input -")
     option_of = {spec.name: option for option, spec in DETECTION_OPTIONS.items()}
     values = {f.name: getattr(args, f.name) for f in fields(SpotterConfig) if f.name in option_of}
+    values = {name: value for name, value in values.items() if value is not None}
     for name, value in values.items():
         low, high, low_excluded = RANGES[name]
         check_range(option_of[name], value, low, high, low_excluded=low_excluded)
@@ -176,8 +196,21 @@ def config_from_args(args: argparse.Namespace) -> SpotterConfig:
     for keyword, value in [(None, default), *per_keyword.items()]:
         if value is not None:
             check_range("--threshold" + (f" {keyword}" if keyword else ""), value, 0, 1, low_excluded=True)
-    threshold = DEFAULT_THRESHOLD if default is None else default
-    return SpotterConfig(**values, threshold=threshold, thresholds=per_keyword)
+    if default is not None:
+        values["threshold"] = default
+    if per_keyword:
+        values["thresholds"] = per_keyword
+    return values
+
+
+def config_from_args(args: argparse.Namespace, model: ModelInfo | None = None) -> SpotterConfig:
+    """The :class:`SpotterConfig` of the command line for ``model``: its own settings (None: a model without
+    any), then the options given (:func:`kws.runtime.config.spotter_config`).
+
+    Raises:
+        ConfigError: as :func:`explicit_settings`, or the combination is invalid.
+    """
+    return spotter_config(model, **explicit_settings(args))
 
 
 def format_detection(detection: Detection, as_json: bool, wall: datetime | None) -> str:
@@ -217,12 +250,13 @@ def run(args: argparse.Namespace) -> int:
     with StopSignals() as stops:
         out = checked_stdout()
         if not args.list_devices:
-            config = config_from_args(args)
+            explicit = explicit_settings(args)
+            spotter_config(None, **explicit)  # the combination, before the model is loaded (for a default model)
         _import_runtime(args.list_devices or args.input is None)
         stops.arm()
         if args.list_devices:
             return _list_devices(out)
-        return _listen(args, config, out, stops)
+        return _listen(args, explicit, out, stops)
 
 
 def _list_devices(out: TextIO) -> int:
@@ -233,18 +267,21 @@ def _list_devices(out: TextIO) -> int:
     return 0
 
 
-def _listen(args: argparse.Namespace, config: SpotterConfig, out: TextIO, stops: StopSignals) -> int:
+def _listen(args: argparse.Namespace, explicit: dict[str, Any], out: TextIO, stops: StopSignals) -> int:
     from kws.runtime.detect import KeywordSpotter
+    from kws.runtime.model import load_model
     from kws.runtime.sources import open_source
     from kws.runtime.stream import StreamRunner
 
-    spotter = KeywordSpotter(args.model, config, threads=args.threads)
+    model = load_model(args.model, args.threads)
+    config = spotter_config(model.info, **explicit)
+    spotter = KeywordSpotter(model, config, threads=args.threads)
     chunk_seconds = spotter.engine.chunk_frames * spotter.info.hop_samples / spotter.sample_rate
     source = open_source(
         args.input, spotter.sample_rate, chunk_seconds, device=args.device, realtime=args.realtime,
         raw_rate=args.raw_rate, raw_channels=args.raw_channels,
     )  # fmt: skip
-    _announce(spotter, source, config)
+    _announce(spotter, source, config, explicit)
     runner = StreamRunner(spotter, source, _printer(out, args.json, source.live))
     guard = StdoutGuard()
     try:
@@ -259,7 +296,20 @@ def _listen(args: argparse.Namespace, config: SpotterConfig, out: TextIO, stops:
     return 0
 
 
-def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfig) -> None:
+def threshold_source(info: ModelInfo, explicit: dict[str, Any]) -> str:
+    """Where the thresholds come from, for the announce line: "" for none from the model (as before models
+    carried thresholds), else `` (from the model)`` or `` (from the model but KEYWORD..., from the options or the
+    default)``."""
+    if not info.thresholds or "threshold" in explicit:
+        return ""
+    own = {k for k, _ in info.thresholds} - set(explicit.get("thresholds", {}))
+    if not own:
+        return ""
+    others = [k for k in info.keywords if k not in own]
+    return " (from the model" + (f" but {', '.join(others)}: options or default" if others else "") + ")"
+
+
+def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfig, explicit: dict[str, Any]) -> None:
     info = spotter.info
     engine = spotter.engine
     rate = f"{source.sample_rate} Hz"
@@ -268,6 +318,8 @@ def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfi
     thresholds = ", ".join(f"{k}={config.threshold_for(k):g}" for k in info.keywords)
     lanes = (f"{config.lanes} lane(s) reset every {engine.period_frames * info.hop_ms:g} ms"
              if engine.period_frames else "1 lane, never reset")  # fmt: skip
+    patience = f"; patience {config.patience} frames" if config.patience != DEFAULT_PATIENCE else ""
     print_err(f"{PROG}: {info.path.name} ({info.quantization}), {source.description} at {rate}; "
               f"{engine.chunk_frames * info.hop_ms:g} ms per call, {lanes}; thresholds {thresholds}"
+              f"{threshold_source(info, explicit)}{patience}"
               + ("; Ctrl-C to stop" if source.live else ""))  # fmt: skip

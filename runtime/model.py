@@ -55,7 +55,13 @@ class ModelInfo:
         pool_frames: frames pooled by :data:`POOL_MEAN` (one clip's frames).
         quantization: ``"none"``, ``"dynamic"`` or ``"static-qdq"`` (``"unknown"`` if absent).
         version: kws version that exported the model (``"unknown"`` if absent).
+        thresholds: calibrated ``(keyword, threshold)`` pairs (``kws.thresholds``; () if absent).
+        reset_period_ms: the lane reset period the model is calibrated for (``kws.reset_period_ms``, ms; 0: one
+            lane, never reset; None if absent).
+        patience: frames over threshold a detection needs (``kws.patience``; None if absent).
         metadata: every metadata entry, raw.
+
+    How these settings become a run's: :func:`kws.runtime.config.spotter_config`.
     """
 
     path: Path
@@ -71,6 +77,9 @@ class ModelInfo:
     pool_frames: int = 1
     quantization: str = UNKNOWN
     version: str = UNKNOWN
+    thresholds: tuple[tuple[str, float], ...] = ()
+    reset_period_ms: float | None = None
+    patience: int | None = None
     metadata: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -170,7 +179,9 @@ def read_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
         path=Path(path), kind=printable(kind), labels=parsed.labels, sample_rate=parsed.sample_rate,
         window_samples=parsed.window_samples, hop_samples=parsed.hop_samples, clip_samples=parsed.clip_samples,
         states=states, output=output, pooling=pooling, pool_frames=pool_frames,
-        quantization=printable(parsed.quantization), version=printable(parsed.version), metadata=meta,
+        quantization=printable(parsed.quantization), version=printable(parsed.version),
+        thresholds=tuple(sorted(parsed.thresholds.items())), reset_period_ms=parsed.reset_period_ms,
+        patience=parsed.patience, metadata=meta,
     )  # fmt: skip
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from kws.runtime.config import DEFAULT_THREADS, SpotterConfig
+from kws.runtime.config import DEFAULT_THREADS, SpotterConfig, spotter_config
 from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace
 from kws.runtime.files import FileSource
-from kws.runtime.model import StreamingModel
+from kws.runtime.model import StreamingModel, load_model
 from kws.runtime.sources import ArraySource, AudioSource
 
 MS_PER_S = 1000.0
@@ -131,7 +131,8 @@ def _spotter(model: StreamingModel | str | Path | None, config: SpotterConfig | 
              options: dict[str, Any], record: bool = False) -> KeywordSpotter:  # fmt: skip
     if config is not None and options:
         raise TypeError("pass either config or keyword options, not both")
-    config = config if config is not None else SpotterConfig(**options)
+    model = load_model(model, threads)
+    config = config if config is not None else spotter_config(model.info, **options)
     return KeywordSpotter(model, config, threads=threads, record_scores=record)
 
 
@@ -153,8 +154,9 @@ def detect_file(
     Args:
         model: streaming model (loaded, a path, or None for the shipped model).
         path: audio file (any rate, channels, bit depth).
-        config: settings; or give :class:`SpotterConfig` fields as keyword ``options``
-            (e.g. ``threshold=0.8, thresholds={"yes": 0.9}, lanes=2``).
+        config: settings, used as they are; or give :class:`SpotterConfig` fields as keyword ``options``
+            (e.g. ``threshold=0.8, thresholds={"yes": 0.9}, lanes=2``) over the model's own settings
+            (:func:`kws.runtime.config.spotter_config`).
         realtime: pace the file at real-time speed.
 
     Raises:
