@@ -46,7 +46,12 @@ SPLIT_MODES: tuple[str, ...] = ("official", "speaker-hash")
 """How clips are assigned to splits: the official lists/hash, or the salted speaker hash (see :func:`scan_root`)."""
 NEGATIVES_SALT = "kws-negatives"
 NEGATIVES_HELD_OUT_PERCENT = 50.0
-"""Share of the non-keyword speech files (``--negatives``) never used in training: `kws bench` streams them."""
+"""Share of the non-keyword speech files (``--negatives``) never used in training (see :func:`negative_split`)."""
+NEGATIVES_CALIBRATION_SALT = "kws-negatives-calibration"
+NEGATIVES_CALIBRATION_PERCENT = 100.0 / 3.0
+"""Share of the never-trained files that `kws calibrate` streams (the rest is what `kws bench` streams)."""
+NEGATIVE_TRAIN, NEGATIVE_CALIBRATION, NEGATIVE_HELD_OUT = "train", "calibration", "held-out"
+"""The parts of the non-keyword speech files (:func:`negative_split`)."""
 
 
 class DataError(KWSError, ValueError):
@@ -241,10 +246,21 @@ def load_corpus(config: DataConfig, split: str = "auto") -> Corpus:
 
 
 def negative_split(path: Path) -> str:
-    """``"train"`` or ``"held-out"`` for a non-keyword speech file, by a salted hash of ``FOLDER/NAME``."""
+    """The part of a non-keyword speech file: :data:`NEGATIVE_TRAIN`, :data:`NEGATIVE_CALIBRATION` or
+    :data:`NEGATIVE_HELD_OUT`.
+
+    Two salted hashes of the file name (:func:`which_set`'s rule: the base name up to ``_nohash_``, so the
+    recordings of one speaker stay together): the first puts ``NEGATIVES_HELD_OUT_PERCENT`` of the files out of
+    training (``kws train --negatives`` uses the rest: ``"train"``, unchanged by the second hash); the second
+    splits those never-trained files into ``"calibration"`` (``NEGATIVES_CALIBRATION_PERCENT``, streamed by
+    ``kws calibrate`` to choose thresholds) and ``"held-out"`` (the rest, streamed by ``kws bench``), so the
+    thresholds are never measured on the audio they were chosen on.
+    """
     name = f"{path.parent.name}/{path.name}"
-    held_out = which_set(name, 0.0, NEGATIVES_HELD_OUT_PERCENT, salt=NEGATIVES_SALT) == "test"
-    return "held-out" if held_out else "train"
+    if which_set(name, 0.0, NEGATIVES_HELD_OUT_PERCENT, salt=NEGATIVES_SALT) != "test":
+        return NEGATIVE_TRAIN
+    calibration = which_set(name, 0.0, NEGATIVES_CALIBRATION_PERCENT, salt=NEGATIVES_CALIBRATION_SALT) == "test"
+    return NEGATIVE_CALIBRATION if calibration else NEGATIVE_HELD_OUT
 
 
 def negative_files(root: str | Path) -> list[Path]:
