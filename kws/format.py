@@ -214,13 +214,7 @@ class ModelMetadata:
             META_QUANTIZATION: self.quantization,
             META_VERSION: self.version,
         }
-        if self.thresholds:
-            props[META_THRESHOLDS] = json.dumps({k: float(v) for k, v in self.thresholds.items()}, sort_keys=True)
-        if self.reset_period_ms is not None:
-            props[META_RESET_PERIOD_MS] = repr(float(self.reset_period_ms))
-        if self.patience is not None:
-            props[META_PATIENCE] = str(self.patience)
-        return props
+        return {**props, **run_settings_props(self.thresholds, self.reset_period_ms, self.patience)}
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], source: str | Path = "model") -> ModelMetadata:
@@ -273,6 +267,20 @@ class ModelMetadata:
             reset_period_ms=reset_ms,
             patience=_integer(source, meta, META_PATIENCE, 1, MAX_PATIENCE) if META_PATIENCE in meta else None,
         )  # fmt: skip
+
+
+def run_settings_props(thresholds: Mapping[str, float], reset_period_ms: float | None = None,
+                       patience: int | None = None) -> dict[str, str]:  # fmt: skip
+    """The optional run-setting entries (``kws.thresholds``, ``kws.reset_period_ms``, ``kws.patience``), each
+    only when set ({} / None: left out)."""
+    props = {}
+    if thresholds:
+        props[META_THRESHOLDS] = json.dumps({k: float(v) for k, v in thresholds.items()}, sort_keys=True)
+    if reset_period_ms is not None:
+        props[META_RESET_PERIOD_MS] = repr(float(reset_period_ms))
+    if patience is not None:
+        props[META_PATIENCE] = str(int(patience))
+    return props
 
 
 # ------------------------------------------------------------------------------------------ message text

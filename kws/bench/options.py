@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class BenchOptions:
         data: Speech Commands folder(s) holding the test speakers.
         negatives: folders of non-keyword speech recordings.
         stream_minutes: requested stream duration (min).
+        negative_hours: hours of the separate negative-only stream (None or 0: none).
         snr_db: range of the event speech level over the noise bed (dB).
         tolerance: seconds after the end of a word during which its detection is a hit.
         latency_runs: timed runs per single-clip latency.
@@ -94,6 +96,15 @@ class BenchOptions:
         metavar="MIN",
         help="length of the detection stream (default: %(default)g)",
     )
+    negative_hours: float | None = _option(
+        "--negative-hours",
+        None,
+        type=float,
+        metavar="H",
+        help="also stream H hours of non-keyword audio only: passes over the held-out negatives, the test "
+        "split's unknown words and noise, each with other noise, SNR, gain and simulated reverberation, "
+        "streamed chunk by chunk, never written to disk unless --keep-stream (default: none)",
+    )
     snr_db: tuple[float, float] = _option(
         "--snr-db",
         SNR_DB,
@@ -117,7 +128,12 @@ class BenchOptions:
         metavar="N",
         help="timed runs per single-clip latency (default: %(default)s)",
     )
-    keep_stream: bool = _option("--keep-stream", False, action="store_true", help="keep the stream as OUT/stream.wav")
+    keep_stream: bool = _option(
+        "--keep-stream",
+        False,
+        action="store_true",
+        help="keep the stream as OUT/stream.wav (and the negative stream as OUT/negative_stream.wav)",
+    )
     out: Path = _option("--out", type=Path, metavar="DIR", help="report folder (created if missing)")
 
     def command(self) -> str:
@@ -135,11 +151,13 @@ class BenchOptions:
         """Refuse values argparse lets through (before any slow work).
 
         Raises:
-            BenchError: a non-positive stream length, LOW > HIGH, a negative tolerance, no timed run, or a
-                negatives folder that does not exist.
+            BenchError: a non-positive stream length, a negative (or infinite) --negative-hours, LOW > HIGH, a
+                negative tolerance, no timed run, or a negatives folder that does not exist.
         """
         if self.stream_minutes <= 0:
             raise BenchError(f"--stream-minutes must be positive, got {self.stream_minutes:g}")
+        if self.negative_hours is not None and not 0 <= self.negative_hours < math.inf:
+            raise BenchError(f"--negative-hours must be >= 0, got {self.negative_hours:g}")
         if not self.snr_db[0] <= self.snr_db[1]:
             raise BenchError(f"--snr-db needs LOW <= HIGH, got {self.snr_db[0]:g} {self.snr_db[1]:g}")
         if self.tolerance < 0 or self.latency_runs < 1:

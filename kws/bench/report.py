@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kws.bench.events import StreamComposition, StreamEvent
+from kws.bench.negative_report import NegativeStream
 from kws.bench.scoring import MATCH_TOLERANCE_SECONDS
 
 ANCHORS_FILE = "anchors.json"
@@ -285,6 +286,7 @@ class BenchReport:
         cwd: the name (only) of the folder it ran in.
         accuracy, latency: per model name (:mod:`kws.bench.accuracy`).
         timing_s: seconds per stage, and ``total``.
+        negative_stream: ``--negative-hours`` (None without it: then bench.json has no such key).
     """
 
     kws_version: str
@@ -302,10 +304,15 @@ class BenchReport:
     targets: Targets
     anchors: tuple[Anchor, ...]
     timing_s: dict[str, float] = field(default_factory=dict)
+    negative_stream: NegativeStream | None = None
 
     def to_json(self) -> str:
-        """Strict JSON (NaN and infinities as null), one space of indent, the fields in declaration order."""
-        return json.dumps(_finite(dataclasses.asdict(self)), indent=1)
+        """Strict JSON (NaN and infinities as null), one space of indent, the fields in declaration order
+        (without ``negative_stream`` when there is none: such a report is what it was before the option)."""
+        value = dataclasses.asdict(self)
+        if self.negative_stream is None:
+            del value["negative_stream"]
+        return json.dumps(_finite(value), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> BenchReport:

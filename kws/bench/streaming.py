@@ -78,6 +78,14 @@ def stream_noises(prepared: PreparedData, split: str, sample_rate: int) -> tuple
     return [], "white noise (the data has no background-noise recordings)"
 
 
+def unknown_utterances(prepared: PreparedData, split: str, labels: list[str]) -> list[Utterance]:
+    """The ``split`` split's clips of words that are not among ``labels`` (the ``_unknown_`` clips)."""
+    label_set = set(labels)
+    clips = [c for c in prepared.corpus.clips if c.split == split and c.word not in label_set]
+    words = {str(c.path): c.word for c in clips}
+    return file_utterances([c.path for c in clips], KIND_UNKNOWN, lambda p: words[str(p)])
+
+
 def build_stream(
     options: BenchOptions, prepared: PreparedData, labels: list[str], sample_rate: int, path: Path
 ) -> StreamSet:
@@ -95,10 +103,7 @@ def build_stream(
         for i, y in enumerate(data.labels)
         if labels[y] not in (SILENCE_LABEL, UNKNOWN_LABEL)
     ]
-    label_set = set(labels)
-    unknown_clips = [c for c in prepared.corpus.clips if c.split == options.split and c.word not in label_set]
-    words = {str(c.path): c.word for c in unknown_clips}
-    unknowns = file_utterances([c.path for c in unknown_clips], KIND_UNKNOWN, lambda p: words[str(p)])
+    unknowns = unknown_utterances(prepared, options.split, labels)
     negatives = [u for folder in options.negatives for u in negative_utterances(folder)]
     if not options.negatives:
         logger.warning("no --negatives: the stream's only non-keyword speech is %s clips", UNKNOWN_LABEL)

@@ -15,7 +15,7 @@ import numpy as np
 
 from kws.bench.events import KIND_NEGATIVE
 from kws.constants import AUDIO_EXTENSIONS
-from kws.data.audio import load_audio
+from kws.data.audio import int16_to_float, load_audio
 from kws.errors import KWSError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Utterance:
         label: the keyword (keyword events), the word (unknown events) or the negative's folder name.
         source: where it comes from (a path, for the report).
         seconds: its duration (s), for planning.
-        audio: float32 ``[samples]`` at the stream rate if already in memory, else read from ``source``.
+        audio: float32 or int16 ``[samples]`` at the stream rate if already in memory, else read from ``source``.
     """
 
     kind: str
@@ -48,6 +48,8 @@ class Utterance:
 
     def load(self, sample_rate: int) -> np.ndarray:
         """float32 ``[samples]`` at ``sample_rate`` (Hz)."""
+        if self.audio is not None and self.audio.dtype == np.int16:
+            return int16_to_float(self.audio)
         if self.audio is not None:
             return np.asarray(self.audio, dtype=np.float32)
         return load_audio(self.source, sample_rate)

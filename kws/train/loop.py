@@ -4,8 +4,10 @@ Each epoch draws seeded, augmented batches (:mod:`kws.train.batches`), takes one
 warm-up + cosine schedule (gradient clipping, optional fp16/bf16 autocast on CUDA, an exponential moving
 average of the weights), validates the EMA weights on the whole validation split and has rank 0 write the
 epoch's checkpoints and metrics (:mod:`kws.train.run_folder`). After the last epoch the best checkpoint is evaluated
-on the test split. Under torchrun the same loop runs in every process with DistributedDataParallel
-(:mod:`kws.train.distributed`); an exact ``--resume`` restores weights, optimizer, schedule and step counter.
+on the test split. With ``StreamTrainConfig.weight`` > 0 every step adds the loss of a batch of long training
+streams scored frame by frame on the runtime's pooled posteriors (:mod:`kws.train.stream_loss`); ``--init-from``
+starts a new run from a trained checkpoint's weights. Under torchrun the same loop runs in every process with
+DistributedDataParallel (:mod:`kws.train.distributed`); an exact ``--resume`` restores weights, optimizer, schedule and step counter.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from kws.train import distributed, run_folder
 from kws.train.evaluate import predict
 from kws.train.objective import Objective
 from kws.train.run_folder import BEST, LAST
+from kws.train.stream_loss import StreamTraining, make_streams, stream_loss, stream_record, stream_sums_zero
+from kws.train.stream_loss import validate_streams
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +234,9 @@ def _train_locked(
     config = replace(config, model=replace(config.model, n_labels=len(labels), n_inputs=fc.n_mfcc))
 
     model = _new_model(config, device)
-    if state is None:
+    if state is None and tc.init_from:
+        run_folder.init_weights(model, config, labels)  # its input normalisation too
+    elif state is None:
         rng = np.random.default_rng(tc.seed)
         idx = rng.choice(len(train_split), min(len(train_split), NORMALIZATION_CLIPS), replace=False)
         model.frontend.fit_normalization(torch.from_numpy(train_split.float_audio(np.sort(idx))).to(device))
@@ -248,6 +254,7 @@ def _train_locked(
 
     objective = train_data.make_objective(config, prepared, device)
     augmenter = train_data.make_augmenter(config, prepared)
+    streams = make_streams(config, prepared)  # None unless the stream loss is on
     run.net = context.wrap(model)  # what the batches go through; checkpoints keep `model`'s own state dict
     in_process = not context.distributed and not tc.num_workers
     logger.info(
@@ -262,8 +269,8 @@ def _train_locked(
     for epoch in range(start_epoch, tc.epochs):
         batches = train_data.epoch_batches(train_split, augmenter, sampler, tc, epoch, in_process)
         epoch_started = time.monotonic()
-        step, loss_sum, correct, seen = _train_epoch(
-            run, config, train_split, batches, objective, epoch, step, context, precision, sampler.steps_per_epoch
+        step, loss_sum, correct, seen, stream_sums = _train_epoch(
+            run, config, train_split, batches, (objective, streams), epoch, step, context, precision, sampler
         )
         train_seconds = time.monotonic() - epoch_started
         val_acc, val_loss = _accuracy(run.scored, val_split.audio, val_split.labels, context)  # not empty: checked
@@ -282,6 +289,9 @@ def _train_locked(
             "minutes": (time.monotonic() - started) / 60,
             "clips_per_second": seen / max(float(sums[3]) / context.world_size, 1e-9),
         }
+        if streams is not None:
+            record |= stream_record("stream", context.all_sum(stream_sums) if context.distributed else stream_sums)
+            record |= stream_record("val_stream", validate_streams(run.scored, streams, device))
         history.append(record)
         logger.info(
             "epoch %d/%d: loss %.3f, train acc %.1f%%, val acc %.2f%% (%.1f min, %.0f clips/s)",
@@ -312,29 +322,33 @@ def _train_epoch(
     config: RunConfig,
     data: SplitData,
     batches: Generator[tuple[np.ndarray, np.ndarray]],
-    objective: Objective,
+    objectives: tuple[Objective, StreamTraining | None],
     epoch: int,
     step: int,
     context: distributed.Context,
     precision: str,
-    steps_per_epoch: int,
-) -> tuple[int, float, int, int]:
-    """One epoch of optimiser steps over ``batches`` (stopping early at ``max_steps``).
+    sampler: distributed.ShardedSampler,
+) -> tuple[int, float, int, int, np.ndarray]:
+    """One epoch of optimiser steps over ``batches`` (stopping early at ``max_steps``), with the clip loss and
+    (when not None) the stream loss.
 
     Returns:
-        the step count after the epoch, and this process's summed loss, correct predictions and clips seen.
+        the step count after the epoch, and this process's summed (clip) loss, correct predictions and clips
+        seen, and its stream sums (:func:`~kws.train.stream_loss.stream_record`; zeros without the stream loss).
     """
     from tqdm import tqdm
 
     tc, a, device, model = config.train, config.augment, context.device, run.model
+    objective, streams = objectives
     clip_frames = config.features.num_frames(config.features.clip_samples)
     model.train()
     torch.manual_seed(distributed.rank_seed(tc.seed * 100_003 + epoch, context.rank))
     gen = torch.Generator().manual_seed(distributed.rank_seed(tc.seed * 100_019 + epoch, context.rank))
     loss_sum, correct, seen = 0.0, 0, 0
+    stream_sums = stream_sums_zero()
     bar = tqdm(
         batches,
-        total=steps_per_epoch,
+        total=sampler.steps_per_epoch,
         desc=f"epoch {epoch + 1}/{tc.epochs}",
         leave=False,
         mininterval=1.0,
@@ -352,8 +366,14 @@ def _train_epoch(
             frames = run.net(feats)[0][:, -clip_frames:]
         logits = model.pool(frames.float())
         loss = objective(logits, y, idx)
+        total = loss
+        if streams is not None:
+            with _autocast(device, precision) as autocast:
+                extra, sums = stream_loss(model, streams, distributed.rank_seed(tc.seed, context.rank), step, autocast)
+            total = loss + config.stream.weight * extra
+            stream_sums += sums
         run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
+        run.scaler.scale(total).backward()
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         run.scaler.step(run.optimizer)
@@ -370,4 +390,5 @@ def _train_epoch(
             break
     bar.close()
     batches.close()  # ends the DataLoader's workers of a partial epoch
-    return step, loss_sum, correct, seen
+    return step, loss_sum, correct, seen, stream_sums
+

@@ -1,4 +1,5 @@
-"""The training loss: cross-entropy with optional class weights, plus optional distillation from a teacher.
+"""The training loss: cross-entropy with optional class weights, plus optional distillation from a teacher;
+and the loss of training streams on the runtime's pooled posteriors (:class:`StreamObjective`).
 
 ``loss = (1 - w) * CE(student, label; class weights) + w * T^2 * KL(teacher_T || student_T)`` over the examples
 that have a teacher row (the others get the hard term alone, at full weight), where ``X_T`` is the softmax of
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from kws.config import TrainConfig
+from kws.train.streams import NEGATIVE
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +97,74 @@ class Objective:
             loss = loss.clone()
             loss[has] = loss[has] + cfg.distill_weight * t * t * kl
         return loss.mean()
+
+
+def pooled_logits(frame_logits: torch.Tensor, pool_frames: int) -> torch.Tensor:
+    """The logits a stream's posteriors are the softmax of, as the runtime pools them (``kws.runtime.engine``
+    ``LogitPool``): the mean of the last ``pool_frames`` frames' logits, fewer at the start of the sequence
+    (``pool_frames`` 1: each frame's own, ``pooling="last"``).
+
+    Args:
+        frame_logits: float ``[batch, frames, n_labels]`` of sequences that start from the zero state.
+
+    Returns:
+        float ``[batch, frames, n_labels]``.
+    """
+    if pool_frames == 1:
+        return frame_logits
+    frames = frame_logits.shape[1]
+    padded = nn.functional.pad(frame_logits.transpose(1, 2), (pool_frames - 1, 0))
+    sums = nn.functional.avg_pool1d(padded, pool_frames, stride=1) * pool_frames
+    counts = torch.arange(1, frames + 1, device=frame_logits.device).clamp_max(pool_frames)
+    return (sums / counts.to(sums.dtype)).transpose(1, 2)
+
+
+STREAM_FIGURES = ("keyword_frames", "keyword_correct", "negative_frames", "false_frames")
+"""What :class:`StreamObjective` counts per batch (summed over an epoch)."""
+FALSE_POSTERIOR = 0.5
+"""A NEGATIVE frame whose pooled posterior of some keyword exceeds this counts in ``false_frames``."""
+
+
+class StreamObjective:
+    """The loss of a batch of training streams (:mod:`kws.train.streams`), on the pooled posteriors.
+
+    Frames whose target is a label index: cross-entropy to it; NEGATIVE frames (-2): ``-log(p_silence +
+    p_unknown)`` (only "not a keyword" is asked); IGNORE frames (-1) do not count. The loss is the mean over the
+    counted frames.
+
+    Args:
+        pool_frames: frames the runtime pools (:meth:`kws.train.streams.FrameGrid.of`).
+        silence_index, unknown_index: the two non-keyword labels of the run.
+    """
+
+    def __init__(self, pool_frames: int, silence_index: int, unknown_index: int) -> None:
+        self.pool_frames = pool_frames
+        self.non_keyword = [silence_index, unknown_index]
+
+    def __call__(self, frame_logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+        """Scalar loss and the batch's counts (:data:`STREAM_FIGURES`).
+
+        Args:
+            frame_logits: float32 ``[batch, frames, n_labels]``, each sequence run from the zero state.
+            targets: int64 ``[batch, frames]``: label index, -1 (IGNORE) or -2 (NEGATIVE).
+        """
+        log_p = nn.functional.log_softmax(pooled_logits(frame_logits, self.pool_frames), dim=-1)
+        keyword, negative = targets >= 0, targets == NEGATIVE
+        picked = log_p.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        not_keyword = torch.logsumexp(log_p[..., self.non_keyword], dim=-1)
+        per_frame = torch.where(keyword, -picked, torch.where(negative, -not_keyword, torch.zeros_like(picked)))
+        counted = keyword | negative
+        loss = per_frame.sum() / counted.sum().clamp_min(1)
+        with torch.no_grad():
+            keyword_mask = torch.ones(log_p.shape[-1], dtype=torch.bool, device=log_p.device)
+            keyword_mask[self.non_keyword] = False
+            top_keyword = log_p[..., keyword_mask].max(-1).values.exp()
+            counts = torch.stack(
+                [
+                    keyword.sum(),
+                    (keyword & (log_p.argmax(-1) == targets)).sum(),
+                    negative.sum(),
+                    (negative & (top_keyword > FALSE_POSTERIOR)).sum(),
+                ]
+            ).tolist()  # one device sync
+        return loss, dict(zip(STREAM_FIGURES, counts, strict=True))
