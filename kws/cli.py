@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tts": ("kws.data.tts", "synthesise extra training clips with espeak-ng (train-only data)"),
     "evaluate": ("kws.train.evaluate", "accuracy, per-class precision/recall and a confusion matrix of a checkpoint"),
     "export": ("kws.export.cli", "export a checkpoint to ONNX (whole-clip + streaming, fp32 + int8), checked"),
+    "calibrate": (
+        "kws.export.calibrate",
+        "per-keyword thresholds for a false-accept budget, measured on held-out negatives, into the model",
+    ),
     "listen": ("kws.runtime.listen", "detect keywords live from a microphone, a file or stdin (no torch)"),
     "bench": ("kws.bench.cli", "accuracy, size, speed and streaming detection quality, side by side"),
 }
@@ -32,6 +36,7 @@ EPILOG = """examples:
   kws train --data speech_commands_v0.02 --out runs/v2
   kws evaluate runs/v2/best.pt --data speech_commands_test_set_v0.02
   kws export runs/v2/best.pt -o models/ --calibration speech_commands_v0.02
+  kws calibrate models/kws.stream.int8.onnx --data speech_commands_v0.02 --negatives negatives -o calibrated.onnx
   kws listen                      # the shipped model, default microphone
   kws listen --input recording.wav
 
