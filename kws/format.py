@@ -1,5 +1,7 @@
 """The kws ONNX file format, in one place (torch-free: json and numpy only).
 
+(Over 400 lines: the keys, their writer and their checked parser belong together.)
+
 An exported model is an ONNX file whose graph inputs and outputs have the names below and whose model-level
 ``metadata_props`` hold the entries of :class:`ModelMetadata` (string values, keys ``kws.*``). The exporter
 (:mod:`kws.export.onnx_export`) writes them with :meth:`ModelMetadata.to_props`; the runtime

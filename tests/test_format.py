@@ -78,6 +78,59 @@ class TestRoundTrip:
         assert spec.lane_axis == 1 and spec.zeros(3).shape == (2, 3, 5) and spec.zeros(3).dtype == "float32"
 
 
+class TestRunSettings:
+    """The optional run settings written by `kws calibrate`: round trip, absent by default, checked."""
+
+    SETTINGS = {"thresholds": {"yes": 0.55, "no": 1.0}, "reset_period_ms": 0.0, "patience": 3}
+
+    def test_round_trip(self):
+        meta = stream_metadata(**self.SETTINGS)
+        props = meta.to_props()
+        assert json.loads(props[F.META_THRESHOLDS]) == {"no": 1.0, "yes": 0.55}
+        assert (props[F.META_RESET_PERIOD_MS], props[F.META_PATIENCE]) == ("0.0", "3")
+        parsed = ModelMetadata.from_props(props)
+        assert parsed == meta and parsed.to_props() == props
+        assert dict(parsed.thresholds) == {"yes": 0.55, "no": 1.0} and parsed.reset_period_ms == 0.0
+
+    def test_absent_by_default_and_not_written(self):
+        props = stream_metadata().to_props()
+        assert not {F.META_THRESHOLDS, F.META_RESET_PERIOD_MS, F.META_PATIENCE} & set(props)
+        meta = ModelMetadata.from_props(props)
+        assert (meta.thresholds, meta.reset_period_ms, meta.patience) == ({}, None, None)
+
+    def test_run_settings_props_writes_only_what_is_set(self):
+        assert F.run_settings_props({}) == {}
+        assert F.run_settings_props({"yes": 0.5}, 2000) == {F.META_THRESHOLDS: '{"yes": 0.5}',
+                                                            F.META_RESET_PERIOD_MS: "2000.0"}  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("key", "value", "message"),
+        [
+            (F.META_THRESHOLDS, "[0.5]", r"kws\.thresholds must be a JSON object"),
+            (F.META_THRESHOLDS, "{yes: 0.5", r"kws\.thresholds is not valid JSON"),
+            (F.META_THRESHOLDS, '{"maybe": 0.5}', r"names 'maybe', not a keyword of the model \(keywords: yes, no\)"),
+            (F.META_THRESHOLDS, '{"_silence_": 0.5}', r"names '_silence_', not a keyword"),
+            (F.META_THRESHOLDS, '{"yes": 0}', r"the threshold of yes must be a number in \(0, 1\], got 0"),
+            (F.META_THRESHOLDS, '{"yes": 1.5}', r"the threshold of yes must be a number in \(0, 1\]"),
+            (F.META_THRESHOLDS, '{"yes": "high"}', r"the threshold of yes must be a number"),
+            (F.META_THRESHOLDS, '{"yes": true}', r"the threshold of yes must be a number"),
+            (F.META_THRESHOLDS, '{"yes": NaN}', r"the threshold of yes must be a number"),
+            (F.META_RESET_PERIOD_MS, "soon", r"kws\.reset_period_ms must be a number, got 'soon'"),
+            (F.META_RESET_PERIOD_MS, "-1", r"kws\.reset_period_ms=-1 is out of range \[0, 3.6e\+06\]"),
+            (F.META_RESET_PERIOD_MS, "nan", r"kws\.reset_period_ms=nan is out of range"),
+            (F.META_RESET_PERIOD_MS, "1e12", r"kws\.reset_period_ms=1e\+12 is out of range"),
+            (F.META_PATIENCE, "0", r"kws\.patience=0 is out of range \[1, 1000\]"),
+            (F.META_PATIENCE, "2.5", r"kws\.patience must be a whole number"),
+        ],
+    )
+    def test_bad_value_is_one_line_naming_it(self, key, value, message):
+        props = stream_metadata().to_props()
+        props[key] = value
+        with pytest.raises(ModelError, match=message) as caught:
+            ModelMetadata.from_props(props, "m.onnx")
+        assert str(caught.value).startswith("m.onnx: ") and "\n" not in str(caught.value)
+
+
 class TestFrames:
     @pytest.mark.parametrize(
         ("samples", "frames"), [(0, 0), (511, 0), (512, 1), (831, 1), (832, 2), (16_000, 49), (16_031, 49)]
