@@ -1,24 +1,21 @@
-"""What a training run reads: its splits checked and summarised, the augmenter and the losses built from them,
-each epoch's augmented batches, and (with the stream loss on) the training-stream builder and validation streams."""
+"""What a training run reads: its splits checked and summarised, the augmenter and the loss built from them, and
+each epoch's augmented batches."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from kws.config import DataConfig, RunConfig, TrainConfig
-from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.data.augment import Augmenter
-from kws.data.splits import AugmentedBatches, PreparedData, SplitData, negative_recordings, speech_context_clips
+from kws.data.splits import AugmentedBatches, PreparedData, SplitData, speech_context_clips
 from kws.errors import KWSError
 from kws.train.distributed import ShardedSampler
-from kws.train.objective import Objective, StreamObjective
-from kws.train.streams import STREAM_SEED_TAG, StreamBuilder
+from kws.train.objective import Objective
 
 logger = logging.getLogger("kws.train.loop")  # its messages are those of `kws train`
 
@@ -26,9 +23,6 @@ CONTEXT_SPEECH_CLIPS = 2000
 """Non-keyword utterances whose ends the context augmentation may prepend."""
 SPLITS = ("train", "validation", "test")
 """The splits a run loads (train: lazily, in the memory-mapped caches)."""
-VALIDATION_STREAMS = 16
-"""Fixed streams built from the validation split (no negatives: they are all in training or held out for the
-bench) on which every epoch measures the stream figures of the validated weights."""
 
 
 def check_split(prepared: PreparedData, split: str, data: DataConfig) -> None:
@@ -81,44 +75,6 @@ def make_objective(config: RunConfig, prepared: PreparedData, device: torch.devi
             tc.distill_temperature,
         )
     return Objective(tc, train_data.labels, len(labels), teacher_logits, device)
-
-
-@dataclass(frozen=True)
-class StreamTraining:
-    """What the stream loss needs: the builder of each step's training streams, the loss, and the fixed
-    validation streams (float32 audio ``[VALIDATION_STREAMS, samples]``, int64 targets ``[.., frames]``)."""
-
-    builder: StreamBuilder
-    objective: StreamObjective
-    validation_audio: np.ndarray
-    validation_targets: np.ndarray
-
-
-def make_streams(config: RunConfig, prepared: PreparedData) -> StreamTraining | None:
-    """The stream loss's inputs, or None when it is off (``config.stream.weight`` 0: nothing is built or drawn)."""
-    sc = config.stream
-    if not sc.weight:
-        return None
-    labels, features, pooling = prepared.labels, config.features, config.model.pooling
-    negatives = negative_recordings(prepared, features.sample_rate)
-    train = prepared.splits["train"]
-    builder = StreamBuilder(sc, features, pooling, train, labels, negatives, prepared.noises)
-    validation = StreamBuilder(
-        sc, features, pooling, prepared.splits["validation"], labels, [], prepared.noises
-    ).batch_of(VALIDATION_STREAMS, np.random.default_rng([config.train.seed, STREAM_SEED_TAG]))
-    logger.info(
-        "training streams: %d x %g s per step (weight %g) from %d keyword and %d unknown clips and %d negative "
-        "recordings (%.1f min)",
-        sc.batch,
-        sc.seconds,
-        sc.weight,
-        len(builder.keyword_rows),
-        len(builder.unknown_rows),
-        len(negatives),
-        sum(len(n) for n in negatives) / features.sample_rate / 60,
-    )
-    objective = StreamObjective(builder.grid.pool_frames, labels.index(SILENCE_LABEL), labels.index(UNKNOWN_LABEL))
-    return StreamTraining(builder, objective, *validation)
 
 
 def make_augmenter(config: RunConfig, prepared: PreparedData) -> Augmenter:

@@ -15,6 +15,7 @@ its checkpoints are those of a single process (--resume them with the same numbe
 read through a decoded-audio cache (--cache) shared by all processes and later runs.
 """
 
+# (Over 400 lines: the one table of every `kws train` option, with its help text.)
 # The text above is `kws train --help`'s description. This module is the command line of `kws train`: one table
 # of its options (flag, help, the RunConfig field it sets), from which the parser, the run configuration and the
 # --resume conflict check are all derived; the training itself is kws.train.loop.
@@ -27,7 +28,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kws.config import MAX_HIDDEN_SIZE, MAX_LAYERS, MAX_SEED, AugmentConfig, RunConfig
+from kws.config import (
+    MAX_HIDDEN_SIZE,
+    MAX_LAYERS,
+    MAX_SEED,
+    MAX_STREAM_BATCH,
+    MAX_STREAM_SECONDS,
+    AugmentConfig,
+    RunConfig,
+)
 from kws.data.cache import default_cache_dir
 from kws.errors import ConfigError, KWSError
 from kws.model.checkpoint import load_checkpoint, run_config
@@ -285,6 +294,33 @@ def option_groups() -> tuple[tuple[str, str | None, tuple[Option, ...]], ...]:
             float,
         ),
     )
+    streams = (
+        Option(
+            "--stream-weight",
+            "weight of the stream loss beside the clip loss, 0..100 (default: %(default)s: off)",
+            "stream.weight",
+            float,
+        ),
+        Option(
+            "--stream-seconds",
+            f"length of each training stream, 2..{MAX_STREAM_SECONDS:g} s (default: %(default)s)",
+            "stream.seconds",
+            float,
+        ),
+        Option(
+            "--stream-batch",
+            f"training streams per step, 1..{MAX_STREAM_BATCH} (default: %(default)s)",
+            "stream.batch",
+            int,
+        ),
+        Option(
+            "--init-from",
+            "start from the weights of this checkpoint (e.g. a run's best.pt; same labels and model shape), "
+            "with a new optimiser and schedule: a fine-tuning stage",
+            "train.init_from",
+            metavar="CKPT",
+        ),
+    )
     return (
         ("data", None, data),
         ("model", None, model),
@@ -298,6 +334,14 @@ def option_groups() -> tuple[tuple[str, str | None, tuple[Option, ...]], ...]:
             scale,
         ),
         ("distillation (optional: a `kws teacher` folder made with the same --data)", None, distillation),
+        (
+            "streams (optional: frame-level training on long synthetic streams)",
+            "Every step also scores a batch of long sequences built from the training split (keywords, unknown\n"
+            "words, pieces of the --negatives recordings, noise) frame by frame, on the posteriors the runtime\n"
+            "computes with the LSTM state carried over the whole sequence: each keyword's label on the frames\n"
+            "just after its word ends, 'not a keyword' everywhere else. For fine-tuning: --init-from CKPT.",
+            streams,
+        ),
     )
 
 
@@ -319,7 +363,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration the options in ``args`` set (every other field at its default), with absolute data
     folders and teacher folder."""
     d = RunConfig()
-    fields: dict[str, dict[str, Any]] = {"features": {}, "model": {}, "data": {}, "train": {}}
+    fields: dict[str, dict[str, Any]] = {"features": {}, "model": {}, "data": {}, "train": {}, "stream": {}}
     for option in _options().values():
         if "." in option.field:
             section, name = option.field.split(".")
@@ -329,13 +373,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     fields["features"]["n_mels"] = max(d.features.n_mels, args.n_mfcc)
     fields["model"]["n_inputs"] = args.n_mfcc
     fields["train"]["teacher"] = str(Path(args.teacher).expanduser().resolve()) if args.teacher else ""
+    fields["train"]["init_from"] = str(Path(args.init_from).expanduser().resolve()) if args.init_from else ""
     features = replace(d.features, **fields["features"])  # built in this order: the first invalid value is named
     model = replace(d.model, **fields["model"])
     data = replace(d.data, **fields["data"])
     augment = AugmentConfig.none() if args.no_augment else d.augment
-    config = RunConfig(
-        features=features, model=model, data=data, augment=augment, train=replace(d.train, **fields["train"])
-    )
+    train, stream = replace(d.train, **fields["train"]), replace(d.stream, **fields["stream"])
+    config = RunConfig(features=features, model=model, data=data, augment=augment, train=train, stream=stream)
     return replace(config, data=absolute_data_paths(config.data))
 
 

@@ -7,7 +7,8 @@ epoch's checkpoints and metrics (:mod:`kws.train.run_folder`). After the last ep
 on the test split. With ``StreamTrainConfig.weight`` > 0 every step adds the loss of a batch of long training
 streams scored frame by frame on the runtime's pooled posteriors (:mod:`kws.train.stream_loss`); ``--init-from``
 starts a new run from a trained checkpoint's weights. Under torchrun the same loop runs in every process with
-DistributedDataParallel (:mod:`kws.train.distributed`); an exact ``--resume`` restores weights, optimizer, schedule and step counter.
+DistributedDataParallel (:mod:`kws.train.distributed`); an exact ``--resume`` restores weights, optimizer, schedule
+and step counter.
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ from kws.train import distributed, run_folder
 from kws.train.evaluate import predict
 from kws.train.objective import Objective
 from kws.train.run_folder import BEST, LAST
-from kws.train.stream_loss import StreamTraining, make_streams, stream_loss, stream_record, stream_sums_zero
-from kws.train.stream_loss import validate_streams
+from kws.train.stream_loss import (
+    STREAM_SUMS,
+    StreamTraining,
+    log_streams,
+    make_streams,
+    stream_loss,
+    stream_record,
+    validate_streams,
+)
+from kws.train.streams import step_rng
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +312,8 @@ def _train_locked(
             record["minutes"],
             record["clips_per_second"],
         )
+        if streams is not None:
+            log_streams(record)
         context.check_replicas(f"after epoch {epoch + 1}", model, *([ema] if ema is not None else []))
         improved = val_acc > best
         best = max(best, val_acc)
@@ -345,7 +356,7 @@ def _train_epoch(
     torch.manual_seed(distributed.rank_seed(tc.seed * 100_003 + epoch, context.rank))
     gen = torch.Generator().manual_seed(distributed.rank_seed(tc.seed * 100_019 + epoch, context.rank))
     loss_sum, correct, seen = 0.0, 0, 0
-    stream_sums = stream_sums_zero()
+    stream_sums = np.zeros(STREAM_SUMS, np.float64)
     bar = tqdm(
         batches,
         total=sampler.steps_per_epoch,
@@ -368,8 +379,8 @@ def _train_epoch(
         loss = objective(logits, y, idx)
         total = loss
         if streams is not None:
-            with _autocast(device, precision) as autocast:
-                extra, sums = stream_loss(model, streams, distributed.rank_seed(tc.seed, context.rank), step, autocast)
+            rng = step_rng(tc.seed, context.rank, step)
+            extra, sums = stream_loss(model, streams, rng, _autocast(device, precision))
             total = loss + config.stream.weight * extra
             stream_sums += sums
         run.optimizer.zero_grad(set_to_none=True)
@@ -391,4 +402,3 @@ def _train_epoch(
     bar.close()
     batches.close()  # ends the DataLoader's workers of a partial epoch
     return step, loss_sum, correct, seen, stream_sums
-

@@ -22,12 +22,15 @@ from kws.io import atomic_write, clean_stale_temporaries, ensure_writable_dir
 from kws.model.checkpoint import (
     CheckpointError,
     checkpoint_labels,
+    checkpoint_weights,
     load_checkpoint,
+    load_weights,
     lock_folder,
     model_from_checkpoint,
     run_config,
     save_checkpoint,
 )
+from kws.model.network import KWSModel
 from kws.train.evaluate import evaluate_split, format_report, write_report
 
 logger = logging.getLogger("kws.train.loop")  # its messages are those of `kws train`, as before the split
@@ -50,12 +53,47 @@ def absolute_data_paths(data: DataConfig) -> DataConfig:
 
 
 def check_trainable(config: RunConfig) -> None:
-    """Refuse a configuration that would train a model the rest of the tool chain cannot use."""
+    """Refuse a configuration that would train a model the rest of the tool chain cannot use, or start from a
+    checkpoint that does not exist."""
+    if config.train.init_from and not Path(config.train.init_from).is_file():
+        raise ConfigError(f"--init-from {config.train.init_from}: no such checkpoint")
     if config.model.proj_size:
         raise ConfigError(
             f"--proj-size {config.model.proj_size}: `kws export` cannot export an LSTM with projections "
             "(ONNX's LSTM op has none), so such a model could never be deployed; use --proj-size 0"
         )
+
+
+INIT_FEATURE_FIELDS = ("sample_rate", "window_ms", "hop_ms", "n_mels", "n_mfcc", "f_min", "f_max", "clip_seconds")
+INIT_MODEL_FIELDS = ("n_inputs", "n_labels", "hidden_size", "num_layers", "proj_size", "pooling")
+"""What a run started ``--init-from`` a checkpoint must share with it (the weights' shapes and meaning)."""
+
+
+def init_weights(model: KWSModel, config: RunConfig, labels: list[str]) -> None:
+    """Load the evaluated weights (and input normalisation) of ``config.train.init_from`` into a new run's model.
+
+    Raises:
+        KWSError: (one line) the checkpoint's labels, front end or model shape differ from the run's.
+    """
+    path = Path(config.train.init_from)
+    payload = load_checkpoint(path)
+    saved = run_config(payload)
+    saved_labels = checkpoint_labels(payload, saved)
+    differences = [f"labels {','.join(saved_labels)} (this run: {','.join(labels)})"] if saved_labels != labels else []
+    for section, names in (("features", INIT_FEATURE_FIELDS), ("model", INIT_MODEL_FIELDS)):
+        theirs, ours = getattr(saved, section), getattr(config, section)
+        differences += [
+            f"{n} {getattr(theirs, n)} (this run: {getattr(ours, n)})"
+            for n in names
+            if getattr(theirs, n) != getattr(ours, n)
+        ]
+    if differences:
+        raise KWSError(
+            f"--init-from {path}: its model differs from this run's ({'; '.join(differences)}): use the same model "
+            "flags and --data/--labels"
+        )
+    load_weights(model, checkpoint_weights(payload), str(path))
+    logger.info("starting from the weights of %s (epoch %s)", path, payload.get("epoch"))
 
 
 def open_run(
