@@ -341,10 +341,6 @@ def stream_call_latency(
     return median_seconds(lambda: model.session.run(None, feed), runs)
 
 
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float((scores.argmax(-1) == labels).mean()) if len(labels) else float("nan")
-
-
 # --------------------------------------------------------------------------------------------- tables
 
 

@@ -21,6 +21,7 @@ from kws.export.choice import VariantResult, choose_quantization
 from kws.export.clips import EvalSet, ExportClips
 from kws.export.options import ExportOptions, ExportPaths, Source
 from kws.format import QUANT_NONE
+from kws.train.evaluate import accuracy
 
 logger = logging.getLogger("kws.export.pipeline")  # the name kws export's log lines have always had
 
@@ -114,9 +115,9 @@ def _float_rows(
     data = probe.eval_set
     torch_accuracy = fp32_accuracy = fp32_stream_accuracy = None
     if data is not None:
-        torch_accuracy = ck.accuracy(ck.torch_clip_scores(source.model, data.audio), data.labels)
-        fp32_accuracy = ck.accuracy(ck.onnx_clip_scores(clip_fp32, data.audio), data.labels)
-        fp32_stream_accuracy = ck.accuracy(ck.streamed_clip_scores(stream_fp32, data.audio), data.labels)
+        torch_accuracy = accuracy(ck.torch_clip_scores(source.model, data.audio), data.labels)
+        fp32_accuracy = accuracy(ck.onnx_clip_scores(clip_fp32, data.audio), data.labels)
+        fp32_stream_accuracy = accuracy(ck.streamed_clip_scores(stream_fp32, data.audio), data.labels)
     torch_ms = fp32_ms = fp32_us = None
     if probe.timing:
         torch_ms = 1e3 * ck.clip_latency_torch(source.model, probe.parity[0], probe.threads)
@@ -145,11 +146,11 @@ def measure_variant(
     q_parity = ck.onnx_clip_scores(clip_q, probe.parity)
     q_stream_parity = ck.streamed_clip_scores(stream_q, probe.parity)
     data = probe.eval_set
-    accuracy = stream_accuracy = None
+    clip_accuracy = stream_accuracy = None
     if data is not None:
-        accuracy = ck.accuracy(ck.onnx_clip_scores(clip_q, data.audio), data.labels)
+        clip_accuracy = accuracy(ck.onnx_clip_scores(clip_q, data.audio), data.labels)
         stream_eval = ck.streamed_clip_scores(stream_q, data.audio)
-        stream_accuracy = ck.accuracy(stream_eval, data.labels)
+        stream_accuracy = accuracy(stream_eval, data.labels)
         hits, what = stream_eval.argmax(1) == data.labels, "streaming accuracy"
     else:
         hits, what = q_stream_parity.argmax(1) == probe.onnx_parity.argmax(1), "streaming top-1 agreement with fp32"
@@ -158,7 +159,7 @@ def measure_variant(
         clip_ms = 1e3 * ck.clip_latency_onnx(clip_q, probe.parity[0])
         stream_us = 1e6 * ck.stream_call_latency(stream_q)
     found = ck.check_structure(paths.clip_int8) + ck.check_structure(paths.stream_int8)
-    found += ck.check_int8(f"int8 {variant} clip", fp32.clip, paths.clip_int8, fp32_row.accuracy, accuracy)
+    found += ck.check_int8(f"int8 {variant} clip", fp32.clip, paths.clip_int8, fp32_row.accuracy, clip_accuracy)
     found += ck.check_int8(
         f"int8 {variant} stream", fp32.stream, paths.stream_int8, fp32_row.stream_accuracy, stream_accuracy
     )
@@ -177,7 +178,7 @@ def measure_variant(
         f"ONNX int8 {variant}",
         paths.clip_int8.name,
         size_bytes=paths.clip_int8.stat().st_size,
-        accuracy=accuracy,
+        accuracy=clip_accuracy,
         stream_accuracy=stream_accuracy,
         agreement=_agreement(q_parity, probe.torch_parity),
         clip_ms=clip_ms,
