@@ -201,6 +201,78 @@ class TestBenchReport:
         assert trained.report["streaming"]["stats"]["audio_seconds"] == pytest.approx(comp["seconds"], abs=0.01)
 
 
+NEGATIVE_HOURS = 0.05
+"""The end-to-end negative stream: 3 min, in three passes of the fixture's material."""
+
+
+@pytest.fixture(scope="module")
+def negative_run(tiny_checkpoint, models, full_dataset, negatives, tmp_path_factory) -> SimpleNamespace:
+    out = tmp_path_factory.mktemp("bench_negative")
+    extra = ("--negative-hours", f"{NEGATIVE_HOURS:g}", "--keep-stream")
+    return SimpleNamespace(out=out, report=_bench(tiny_checkpoint, models, full_dataset, negatives, out, *extra))
+
+
+@needs_training_stack
+class TestNegativeStream:
+    """--negative-hours H: H hours of labelled passes through the live path; without it nothing changes."""
+
+    def test_without_the_option_the_report_is_as_before(self, trained) -> None:
+        assert "negative_stream" not in trained.report and "--negative-hours" not in trained.report["command"]
+        assert "negative stream" not in (trained.out / "bench.md").read_text().lower()
+        assert "negative stream" not in trained.report["timing_s"]
+
+    def test_passes_add_up_to_the_hours_through_the_runtime(self, negative_run) -> None:
+        n = negative_run.report["negative_stream"]
+        assert f"--negative-hours {NEGATIVE_HOURS:g}" in negative_run.report["command"]
+        assert len(n["passes"]) > 1 and n["seconds"] == pytest.approx(NEGATIVE_HOURS * 3600)
+        assert sum(p["seconds"] for p in n["passes"]) == pytest.approx(NEGATIVE_HOURS * 3600)
+        assert n["stats"]["audio_seconds"] == pytest.approx(NEGATIVE_HOURS * 3600)  # every sample was streamed
+        assert n["stats"]["passes"] == len(n["passes"]) and n["wall_seconds"] > 0
+        assert n["real_speech_files"] > 0 and n["unknown_clips"] > 0
+        with sf.SoundFile(negative_run.out / "negative_stream.wav") as kept:
+            assert kept.frames == round(NEGATIVE_HOURS * 3600 * kept.samplerate)
+
+    def test_each_pass_is_labelled_as_it_was_mixed(self, negative_run) -> None:
+        from kws.bench.negative_passes import PASS_CONDITIONS
+
+        n = negative_run.report["negative_stream"]
+        for p in n["passes"]:
+            condition = PASS_CONDITIONS[p["index"] % len(PASS_CONDITIONS)]
+            assert tuple(p["snr_db"]) == (condition.snr_db or (20.0, 30.0))
+            assert tuple(p["gain_db"]) == condition.gain_db
+            assert (p["reverb"] == "none") == (condition.rt60_s is None) == (p["rt60_s"] is None)
+            assert p["real_speech_events"] > 0 and p["unknown_events"] > 0
+        assert n["passes"][0]["noise"] == n["noise_source"] != n["passes"][1]["noise"]
+        assert "RT60" in n["passes"][1]["reverb"]
+
+    def test_false_accepts_add_up(self, negative_run) -> None:
+        r = negative_run.report
+        n = r["negative_stream"]
+        assert n["total"]["false_accepts"] == sum(p["total"]["false_accepts"] for p in n["passes"])
+        assert n["real_speech"]["false_accepts"] == sum(p["real_speech"]["false_accepts"] for p in n["passes"])
+        assert sum(f["false_accepts"] for f in n["per_keyword"].values()) == n["total"]["false_accepts"]
+        default = next(s for s in n["sweep"] if s["threshold"] == n["threshold"])
+        assert default["negative"] == n["total"]
+        mixed = r["streaming"]["default"]
+        assert default["combined"]["false_accepts"] == mixed["false_accepts"] + n["total"]["false_accepts"]
+        assert default["recall"] == mixed["recall"]
+        counts = [s["negative"]["false_accepts"] for s in n["sweep"]]
+        assert counts == sorted(counts, reverse=True)  # a higher threshold never adds a false accept
+        assert not n["notes"] or all("replay" not in x for x in n["notes"])
+
+    def test_report_and_markdown(self, negative_run) -> None:
+        from kws.bench.markdown import format_markdown
+        from kws.bench.report import BenchReport
+
+        text = (negative_run.out / "bench.json").read_text()
+        report = BenchReport.from_json(text)
+        assert report.to_json() == text
+        md = (negative_run.out / "bench.md").read_text()
+        assert format_markdown(report) == md
+        assert f"### The negative stream ({NEGATIVE_HOURS:g} h" in md and "**real speech only**" in md
+        assert "### Threshold sweep with the negative stream" in md
+
+
 @needs_training_stack
 class TestFiguresAreMeasured:
     """Every figure follows from what was measured: counts give the rates, the files give the sizes, and a

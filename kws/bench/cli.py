@@ -12,6 +12,10 @@ three models) and OUT/det_curve.png (miss rate vs false accepts per hour over a 
    (:class:`~kws.runtime.config.SpotterConfig`): the runtime's own CPU time per audio second, keyword recall,
    false accepts per hour and detection latency; then, from one recorded score trace, the same for a sweep of
    thresholds.
+4. With ``--negative-hours H``: H hours of non-keyword audio only (:mod:`kws.bench.negative_stream`), passes
+   over the held-out negatives, unknown words and noise, each with its own noise, SNR, gain and simulated
+   reverberation, streamed chunk by chunk through the same path: false accepts per hour per pass, per keyword,
+   on real speech only, and over the sweep (with the stream's recall: the combined DET curve).
 
 examples:
   kws bench --checkpoint runs/v2/best.pt --data speech_commands_test_set_v0.02 \\
@@ -35,6 +39,7 @@ from kws.bench.formatting import ms, pct, pct_ci, rate
 from kws.bench.inputs import check_models, resolve_models, training_overlap
 from kws.bench.machine import load_average, machine_info
 from kws.bench.markdown import format_markdown
+from kws.bench.negative_stream import run_negative_stream
 from kws.bench.options import BenchOptions, add_arguments, options_from_args
 from kws.bench.plots import plot_accuracy, plot_det
 from kws.bench.report import (
@@ -127,6 +132,10 @@ def bench(options: BenchOptions) -> BenchReport:
     finally:
         if not options.keep_stream:
             stream_path.unlink(missing_ok=True)
+    negative = None
+    if options.negative_hours:
+        negative = run_negative_stream(options, files, prepared, labels, sample_rate, streaming.sweep, out)
+        stages.done("negative stream")
 
     notes = list(files.notes)
     agreement = accuracy[MODEL_FP32].agreement_with_pytorch
@@ -171,6 +180,7 @@ def bench(options: BenchOptions) -> BenchReport:
         streaming=streaming,
         targets=targets(),
         anchors=anchors(),
+        negative_stream=negative,
     )
     plot_accuracy(report, out / "accuracy.png")
     plot_det(report, out / "det_curve.png")
@@ -196,6 +206,12 @@ def run(args: argparse.Namespace) -> int:
         f"{rate(d.fa_per_hour)} false accepts/h, median latency {ms(d.latency_median_s)}, "
         f"{s['cpu_ms_per_audio_second']:.2f} ms CPU per audio second"
     )
+    if (n := report.negative_stream) is not None:
+        print(
+            f"negative stream {n.seconds / 3600:.2f} h ({len(n.passes)} passes, {n.wall_seconds:.0f} s): "
+            f"{rate(n.total.fa_per_hour)} false accepts/h (95% upper bound {rate(n.total.fa_per_hour_upper95)}); "
+            f"real speech only {rate(n.real_speech.fa_per_hour)} in {n.real_speech.hours:.2f} h"
+        )
     print(
         f"report: {out / 'bench.md'}\ndata: {out / 'bench.json'}\nplots: {out / 'accuracy.png'}, "
         f"{out / 'det_curve.png'}"

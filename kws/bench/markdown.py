@@ -1,5 +1,5 @@
-"""``bench.md``: the human-readable report, one function per section; every figure comes from the typed
-report (:class:`~kws.bench.report.BenchReport`)."""
+"""``bench.md``: the human-readable report, one function per section (the negative stream's: in
+:mod:`kws.bench.negative_markdown`); every figure comes from the typed report (:class:`BenchReport`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kws.bench.formatting import finite, hours_needed, ms, pct, pct_ci, rate, size, status, table
+from kws.bench.negative_markdown import negative_requirement_rows, negative_stream_section, negative_sweep_section
 from kws.bench.report import MODEL_FP32, MODEL_INT8, MODEL_STREAM_INT8, MODEL_TORCH, BenchReport
 from kws.bench.scoring import POISSON_CONFIDENCE
 from kws.bench.speed import BENCH_THREADS, LATENCY_WARMUP, MS_PER_S
@@ -15,9 +16,6 @@ from kws.data.words import ENVELOPE_FRAME_SECONDS, WORD_DB_ABOVE_FLOOR, WORD_DB_
 from kws.train.evaluate import wilson_interval
 
 BYTES_PER_GIB = 2**30
-
-
-# --------------------------------------------------------------------------------------------- sections
 
 
 def recall_interval(report: BenchReport) -> list[float]:
@@ -82,7 +80,7 @@ def requirements_section(report: BenchReport) -> list[str]:
             status(finite(d.latency_median_s) and d.latency_median_s <= target.latency_s),
         ],
     ]
-    lines += table(["requirement", "measured", "target", "status"], rows)
+    lines += table(["requirement", "measured", "target", "status"], rows + negative_requirement_rows(report))
     return [
         *lines,
         "",
@@ -389,8 +387,8 @@ def figures_section(report: BenchReport) -> list[str]:
 
 SECTIONS = (
     header_section, requirements_section, anchors_section, machine_section, data_section, accuracy_section,
-    size_speed_section, stream_section, defaults_section, sweep_section, method_section, caveats_section,
-    figures_section,
+    size_speed_section, stream_section, defaults_section, sweep_section, negative_stream_section,
+    negative_sweep_section, method_section, caveats_section, figures_section,
 )  # fmt: skip
 """The sections of ``bench.md``, in order."""
 
