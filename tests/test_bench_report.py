@@ -41,8 +41,8 @@ MODELS = ("PyTorch", "ONNX fp32", "ONNX int8", "ONNX int8 streaming")
 LABELS = ("_silence_", "_unknown_", "yes", "no")
 FULL_ARGV = [
     "--checkpoint", "r/b.pt", "--models", "m", "--name", "x", "--data", "A", "--split", "validation",
-    "--split-mode", "official", "--negatives", "N", "M", "--stream-minutes", "0.5", "--snr-db", "3", "7.5",
-    "--tolerance", "0.25", "--seed", "4", "--latency-runs", "5", "--keep-stream", "--out", "o d",
+    "--split-mode", "official", "--negatives", "N", "M", "--stream-minutes", "0.5", "--negative-hours", "6",
+    "--snr-db", "3", "7.5", "--tolerance", "0.25", "--seed", "4", "--latency-runs", "5", "--keep-stream", "--out", "o d",
 ]  # fmt: skip
 
 
@@ -66,11 +66,11 @@ class TestOptions:
     def test_every_option_reaches_the_command_line_switches_last(self) -> None:
         options = _parse(FULL_ARGV)
         assert options.negatives == (Path("N"), Path("M")) and options.snr_db == (3.0, 7.5)
-        assert options.tolerance == 0.25 and options.keep_stream
+        assert options.tolerance == 0.25 and options.keep_stream and options.negative_hours == 6.0
         assert options.command() == (
             "kws bench --checkpoint r/b.pt --models m --name x --data A --split validation --split-mode official "
-            "--negatives N M --stream-minutes 0.5 --snr-db 3 7.5 --tolerance 0.25 --seed 4 --latency-runs 5 "
-            "--out 'o d' --keep-stream"
+            "--negatives N M --stream-minutes 0.5 --negative-hours 6 --snr-db 3 7.5 --tolerance 0.25 --seed 4 "
+            "--latency-runs 5 --out 'o d' --keep-stream"
         )
 
     def test_the_command_line_parses_back_to_the_options(self) -> None:
@@ -85,6 +85,8 @@ class TestOptions:
         ("change", "message"),
         [
             ({"stream_minutes": 0.0}, "--stream-minutes"),
+            ({"negative_hours": -1.0}, "--negative-hours"),
+            ({"negative_hours": float("inf")}, "--negative-hours"),
             ({"snr_db": (30.0, 10.0)}, "--snr-db"),
             ({"tolerance": -1.0}, "--tolerance"),
             ({"latency_runs": 0}, "--latency-runs"),
