@@ -42,7 +42,8 @@ LABELS = ("_silence_", "_unknown_", "yes", "no")
 FULL_ARGV = [
     "--checkpoint", "r/b.pt", "--models", "m", "--name", "x", "--data", "A", "--split", "validation",
     "--split-mode", "official", "--negatives", "N", "M", "--stream-minutes", "0.5", "--negative-hours", "6",
-    "--snr-db", "3", "7.5", "--tolerance", "0.25", "--seed", "4", "--latency-runs", "5", "--keep-stream", "--out", "o d",
+    "--snr-db", "3", "7.5", "--tolerance", "0.25", "--seed", "4", "--latency-runs", "5", "--keep-stream",
+    "--out", "o d",
 ]  # fmt: skip
 
 
