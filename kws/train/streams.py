@@ -7,7 +7,9 @@ the other, each after a random gap (``GAP_SECONDS``), until the next one does no
   (:func:`kws.data.words.word_span`);
 * an **unknown** clip (a whole ``_unknown_`` training clip);
 * a **negative** piece: ``NEGATIVE_PIECE_SECONDS`` of one of the whole ``--negatives`` recordings (training half),
-  picked with odds proportional to its length at a uniformly random offset, so over a run every frame is used;
+  picked with odds proportional to its length, from a uniformly random start that may lie before its beginning
+  (the piece is then cut at the recording's ends), so that every sample is equally likely to be used and over a
+  run every frame is;
 * a **noise** gap (``NOISE_GAP_SECONDS`` of the bed alone).
 
 Each speech event gets a random gain (``GAIN_DB``); a noise bed (a random stretch of one of the augmenter's noise
@@ -204,9 +206,10 @@ class StreamBuilder:
         if kind == KIND_NEGATIVE:
             source = int(rng.choice(len(self.negatives), p=self.negative_odds))
             recording = self.negatives[source]
-            n = min(len(recording), round(rng.uniform(*NEGATIVE_PIECE_SECONDS) * self.rate))
-            offset = int(rng.integers(0, len(recording) - n + 1))
-            audio, label = int16_to_float(recording[offset : offset + n]), self.unknown_index
+            n = round(rng.uniform(*NEGATIVE_PIECE_SECONDS) * self.rate)
+            start = int(rng.integers(1 - n, len(recording)))  # every sample equally likely to be in the piece
+            offset = max(start, 0)
+            audio, label = int16_to_float(recording[offset : start + n]), self.unknown_index
         else:
             rows = self.keyword_rows if kind == KIND_KEYWORD else self.unknown_rows
             source = int(rows[int(rng.integers(len(rows)))])
