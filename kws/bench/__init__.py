@@ -9,10 +9,14 @@ Modules (one concern each):
   (word boundaries, ground truth records, planning and rendering);
 * :mod:`~kws.bench.scoring`: detections against the ground truth (knows nothing of how streams are made);
 * :mod:`~kws.bench.streaming`: the bench's stream from the test split, run through the live path;
-* :mod:`~kws.bench.report`: the typed report (``bench.json``), with the targets and published anchors
-  (``anchors.json``);
-* :mod:`~kws.bench.markdown` (with :mod:`~kws.bench.formatting`), :mod:`~kws.bench.plots`: ``bench.md`` and
-  the figures;
+* :mod:`~kws.bench.utterances`: what a stream can play (recordings with kind, label and duration);
+* :mod:`~kws.bench.negative_passes`, :mod:`~kws.bench.reverb`, :mod:`~kws.bench.negative_stream`:
+  ``--negative-hours``, the negative-only stream (labelled passes, simulated rooms, the run through the live
+  path, pass by pass);
+* :mod:`~kws.bench.report` (with :mod:`~kws.bench.negative_report`): the typed report (``bench.json``), with
+  the targets and published anchors (``anchors.json``);
+* :mod:`~kws.bench.markdown` (with :mod:`~kws.bench.formatting`, :mod:`~kws.bench.negative_markdown`),
+  :mod:`~kws.bench.plots`: ``bench.md`` and the figures;
 * :mod:`~kws.bench.cli`: the command (``kws bench``).
 
 Importing this package imports nothing heavy (no torch, no onnxruntime).
