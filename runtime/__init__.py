@@ -6,7 +6,8 @@ Library API::
 
     from kws.runtime import KeywordSpotter, SpotterConfig, detect_file, stream_scores, detections_from_scores
 
-    spotter = KeywordSpotter("kws.stream.int8.onnx", SpotterConfig(threshold=0.8))
+    spotter = KeywordSpotter("kws.stream.int8.onnx")   # the model's own settings (spotter_config), else defaults
+    spotter = KeywordSpotter("kws.stream.int8.onnx", SpotterConfig(threshold=0.8))   # exactly these
     for chunk in chunks:                      # mono int16 or float32 at spotter.sample_rate, any length
         for d in spotter.process(chunk):
             print(d.time, d.keyword, d.confidence)
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 # kws.runtime.listen, which must import in milliseconds so that a Ctrl-C during start-up reaches a handler
 # instead of interrupting numpy's or onnxruntime's initialisation with a traceback.
 _EXPORTS: dict[str, str] = {
-    "SpotterConfig": "config",
+    "SpotterConfig": "config", "spotter_config": "config",
     "Detection": "detect", "KeywordSpotter": "detect", "ScoreTrace": "detect", "detections_from_scores": "detect",
     "StreamEngine": "engine",
     "ModelError": "model", "ModelInfo": "model", "StreamingModel": "model", "load_model": "model",
@@ -40,7 +41,7 @@ _EXPORTS: dict[str, str] = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from kws.runtime.config import SpotterConfig
+    from kws.runtime.config import SpotterConfig, spotter_config
     from kws.runtime.detect import Detection, KeywordSpotter, ScoreTrace, detections_from_scores
     from kws.runtime.engine import StreamEngine
     from kws.runtime.files import FileSource, StdinSource
@@ -68,5 +69,5 @@ __all__ = [
     "KeywordSpotter", "MicrophoneSource", "ModelError", "ModelInfo", "ScoreTrace", "SourceError",
     "SpotterConfig", "StdinSource", "StreamEngine", "StreamRunner", "StreamStats", "StreamingModel",
     "detect_audio", "detect_file", "detections_from_scores", "list_input_devices", "load_model",
-    "make_session", "session_options", "stream_scores",
+    "make_session", "session_options", "spotter_config", "stream_scores",
 ]  # fmt: skip

@@ -103,33 +103,6 @@ class TestRunSettings:
         assert F.run_settings_props({"yes": 0.5}, 2000) == {F.META_THRESHOLDS: '{"yes": 0.5}',
                                                             F.META_RESET_PERIOD_MS: "2000.0"}  # fmt: skip
 
-    @pytest.mark.parametrize(
-        ("key", "value", "message"),
-        [
-            (F.META_THRESHOLDS, "[0.5]", r"kws\.thresholds must be a JSON object"),
-            (F.META_THRESHOLDS, "{yes: 0.5", r"kws\.thresholds is not valid JSON"),
-            (F.META_THRESHOLDS, '{"maybe": 0.5}', r"names 'maybe', not a keyword of the model \(keywords: yes, no\)"),
-            (F.META_THRESHOLDS, '{"_silence_": 0.5}', r"names '_silence_', not a keyword"),
-            (F.META_THRESHOLDS, '{"yes": 0}', r"the threshold of yes must be a number in \(0, 1\], got 0"),
-            (F.META_THRESHOLDS, '{"yes": 1.5}', r"the threshold of yes must be a number in \(0, 1\]"),
-            (F.META_THRESHOLDS, '{"yes": "high"}', r"the threshold of yes must be a number"),
-            (F.META_THRESHOLDS, '{"yes": true}', r"the threshold of yes must be a number"),
-            (F.META_THRESHOLDS, '{"yes": NaN}', r"the threshold of yes must be a number"),
-            (F.META_RESET_PERIOD_MS, "soon", r"kws\.reset_period_ms must be a number, got 'soon'"),
-            (F.META_RESET_PERIOD_MS, "-1", r"kws\.reset_period_ms=-1 is out of range \[0, 3.6e\+06\]"),
-            (F.META_RESET_PERIOD_MS, "nan", r"kws\.reset_period_ms=nan is out of range"),
-            (F.META_RESET_PERIOD_MS, "1e12", r"kws\.reset_period_ms=1e\+12 is out of range"),
-            (F.META_PATIENCE, "0", r"kws\.patience=0 is out of range \[1, 1000\]"),
-            (F.META_PATIENCE, "2.5", r"kws\.patience must be a whole number"),
-        ],
-    )
-    def test_bad_value_is_one_line_naming_it(self, key, value, message):
-        props = stream_metadata().to_props()
-        props[key] = value
-        with pytest.raises(ModelError, match=message) as caught:
-            ModelMetadata.from_props(props, "m.onnx")
-        assert str(caught.value).startswith("m.onnx: ") and "\n" not in str(caught.value)
-
 
 class TestFrames:
     @pytest.mark.parametrize(
@@ -167,6 +140,22 @@ class TestParserErrors:
             (F.META_POOL_FRAMES, "0", r"kws\.pool_frames=0 is out of range \[1, 49\]"),
             (F.META_STATE, '{"a": 1}', r"kws\.state must be a JSON list"),
             (F.META_STATE, '[{"input": "h_in", "output": "h_out", "shape": [2, 2]}]', r"invalid metadata kws\.state"),
+            # the optional run settings
+            (F.META_THRESHOLDS, "[0.5]", r"kws\.thresholds must be a JSON object"),
+            (F.META_THRESHOLDS, "{yes: 0.5", r"kws\.thresholds is not valid JSON"),
+            (F.META_THRESHOLDS, '{"maybe": 0.5}', r"names 'maybe', not a keyword of the model \(keywords: yes, no\)"),
+            (F.META_THRESHOLDS, '{"_silence_": 0.5}', r"names '_silence_', not a keyword"),
+            (F.META_THRESHOLDS, '{"yes": 0}', r"the threshold of yes must be a number in \(0, 1\], got 0"),
+            (F.META_THRESHOLDS, '{"yes": 1.5}', r"the threshold of yes must be a number in \(0, 1\]"),
+            (F.META_THRESHOLDS, '{"yes": "high"}', r"the threshold of yes must be a number"),
+            (F.META_THRESHOLDS, '{"yes": true}', r"the threshold of yes must be a number"),
+            (F.META_THRESHOLDS, '{"yes": NaN}', r"the threshold of yes must be a number"),
+            (F.META_RESET_PERIOD_MS, "soon", r"kws\.reset_period_ms must be a number, got 'soon'"),
+            (F.META_RESET_PERIOD_MS, "-1", r"kws\.reset_period_ms=-1 is out of range \[0, 3.6e\+06\]"),
+            (F.META_RESET_PERIOD_MS, "nan", r"kws\.reset_period_ms=nan is out of range"),
+            (F.META_RESET_PERIOD_MS, "1e12", r"kws\.reset_period_ms=1e\+12 is out of range"),
+            (F.META_PATIENCE, "0", r"kws\.patience=0 is out of range \[1, 1000\]"),
+            (F.META_PATIENCE, "2.5", r"kws\.patience must be a whole number"),
         ],
     )
     def test_bad_entry_is_named(self, key, value, message):
