@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from kws import format as F
 from kws.cli import main as cli_main
 from kws.constants import MAX_CLIPS_PER_SPEAKER_BITS
 from kws.data import layout
@@ -114,6 +115,10 @@ class TestCalibrate:
         assert any("1 lane, never reset" in line for line in report)
         assert any("NOT resolved" in line and "24.0 h needed" in line for line in report), report  # 0.125/h each
         assert report[-1].endswith(f"wrote {out} (kws.thresholds, kws.reset_period_ms in its metadata)")
+        from kws.export.onnx_export import read_metadata
+
+        written, source = read_metadata(out), read_metadata(tiny_exports.stream)
+        assert {k: v for k, v in written.items() if k not in (F.META_THRESHOLDS, F.META_RESET_PERIOD_MS)} == source
         config = KeywordSpotter(out).config
         assert dict(config.thresholds) == thresholds and (config.lanes, config.reset_period_ms) == (1, 0)
         assert cli_main(["listen", "--model", str(out), "--input", str(planted_wav)]) == 0
