@@ -1,7 +1,8 @@
 """Where the spoken word is in a clip, from its energy envelope (torch-free).
 
-The stream builder places keyword clips with it (a keyword's word end is what detection latency is measured
-from) and sets each event's level over the noise bed from the word's active speech level.
+The stream builders (the bench's test streams, :mod:`kws.train.streams`' training streams) place keyword clips with
+it (a keyword's word end is what detection latency is measured from, and where a training target starts) and set
+each event's level over the noise bed from the word's active speech level.
 """
 
 from __future__ import annotations
