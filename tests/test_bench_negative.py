@@ -24,6 +24,7 @@ from kws.bench.negative_passes import (
     noise_choices,
     pass_blocks,
     pass_room,
+    pink_noise,
     plan_passes,
 )
 from kws.bench.negative_report import FalseAccepts, NegativePass, NegativeStream, NegativeSweepPoint
@@ -96,10 +97,20 @@ class TestPlan:
     def test_noise_choices(self) -> None:
         names = [c.name for c in _noises()]
         assert names == ["two recordings", "soft", "loud"]
-        long = [np.ones(4 * 30 * SAMPLE_RATE, np.float32)]
-        parts = noise_choices(long, ["x"], "one", SAMPLE_RATE)
-        assert [len(c.recordings[0]) for c in parts[1:]] == [30 * SAMPLE_RATE] * 4
-        assert len(noise_choices([], [], "white noise", SAMPLE_RATE)) == 1
+        one = [np.ones(4 * 30 * SAMPLE_RATE, np.float32)]
+        parts = noise_choices(one, ["x"], "one", SAMPLE_RATE)
+        assert [c.name for c in parts] == ["one", *(f"part {i} of 4 of one" for i in range(1, 5)),
+                                           "pink noise (generated, seed 11)"]  # fmt: skip
+        assert [len(c.recordings[0]) for c in parts[1:-1]] == [30 * SAMPLE_RATE] * 4
+        assert len(noise_choices([np.ones(100, np.float32)], ["x"], "short", SAMPLE_RATE)) == 2  # too short to cut
+        assert [len(c.recordings) for c in noise_choices([], [], "white noise", SAMPLE_RATE)] == [0, 1]
+
+    def test_pink_noise(self) -> None:
+        noise = pink_noise(10.0, SAMPLE_RATE)
+        assert np.array_equal(noise, pink_noise(10.0, SAMPLE_RATE)) and rms(noise) == pytest.approx(1.0, rel=1e-4)
+        power = np.abs(np.fft.rfft(noise)) ** 2
+        low, high = power[10:100].mean(), power[1000:10000].mean()  # 1-10 Hz vs 100-1000 Hz
+        assert 30 < low / high < 300  # 1/f: about 100 times the power per bin at a tenth of the frequency
 
 
 class TestPassAudio:

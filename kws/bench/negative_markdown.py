@@ -84,9 +84,9 @@ def negative_stream_section(report: BenchReport) -> list[str]:
         f"the held-out negative recordings ({n.real_speech_files} files, {n.real_speech_seconds / 60:.1f} min: "
         f"real speech that training never used) and the test split's {UNKNOWN_LABEL} clips ({n.unknown_clips} "
         f"clips, {n.unknown_seconds / 60:.1f} min), each after a gap of noise, in a new seeded order, with its "
-        f"own noise ({n.noise_source}, or one of its recordings), SNR range, gain range (speech and noise "
-        f"together) and simulated reverberation ({n.reverb_method}). At the shipped defaults (threshold "
-        f"{n.threshold:g}); rates per hour of the part, with the {UPPER} of a Poisson count.",
+        f"own noise (cycled over: {'; '.join(dict.fromkeys(p.noise for p in n.passes))}), SNR range, gain range "
+        f"(speech and noise together) and simulated reverberation ({n.reverb_method}). At the shipped defaults "
+        f"(threshold {n.threshold:g}); rates per hour of the part, with the {UPPER} of a Poisson count.",
         "",
         *table(header, rows),
         "",

@@ -40,9 +40,13 @@ PASS_SEED = 9
 MAX_CACHED_SECONDS = 3600.0
 """Material up to this long is decoded once and kept in memory (int16); longer material is read per use."""
 NOISE_PARTS = 4
-"""A single noise recording is also offered in this many consecutive parts, one noise choice each."""
-NOISE_PART_MIN_SECONDS = 30.0
+"""A single noise recording is also offered in this many consecutive parts, one noise choice each..."""
+NOISE_PART_MIN_SECONDS = 5.0
 """...when each part is at least this long (s)."""
+GENERATED_NOISE_SECONDS = 30.0
+GENERATED_NOISE_SEED = 11
+"""Data with at most one noise recording also gets a generated pink noise (1/f power) of this length (s), from
+this seed, as one more choice."""
 
 
 @dataclass(frozen=True)
@@ -78,18 +82,29 @@ class NoiseChoice:
     recordings: tuple[np.ndarray, ...] = field(repr=False, compare=False)
 
 
+def pink_noise(seconds: float, sample_rate: int, seed: int = GENERATED_NOISE_SEED) -> np.ndarray:
+    """Seeded pink noise (power falling as 1/f), float32 ``[samples]``, unit RMS."""
+    n = max(2, round(seconds * sample_rate))
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1))
+    noise = np.fft.irfft(spectrum, n)
+    return (noise / np.sqrt(np.mean(noise**2))).astype(np.float32)
+
+
 def noise_choices(
     recordings: Sequence[np.ndarray], names: Sequence[str], description: str, sample_rate: int
 ) -> list[NoiseChoice]:
-    """Every recording together (``description``), then each one alone; a single long recording is also
-    offered in ``NOISE_PARTS`` consecutive parts. No recording: one choice, the stream's white noise."""
+    """Every recording together (``description``), then each one alone. Data with a single recording: also
+    its ``NOISE_PARTS`` consecutive parts (when long enough) and a generated pink noise; with none: the
+    stream's white noise, and the pink noise."""
     choices = [NoiseChoice(description, tuple(recordings))]
     if len(recordings) > 1:
-        choices += [NoiseChoice(n, (r,)) for r, n in zip(recordings, names, strict=True)]
-    elif len(recordings) == 1 and len(recordings[0]) >= NOISE_PARTS * NOISE_PART_MIN_SECONDS * sample_rate:
+        return choices + [NoiseChoice(n, (r,)) for r, n in zip(recordings, names, strict=True)]
+    if len(recordings) == 1 and len(recordings[0]) >= NOISE_PARTS * NOISE_PART_MIN_SECONDS * sample_rate:
         parts = np.array_split(recordings[0], NOISE_PARTS)
         choices += [NoiseChoice(f"part {i + 1} of {NOISE_PARTS} of {description}", (p,)) for i, p in enumerate(parts)]
-    return choices
+    pink = pink_noise(GENERATED_NOISE_SECONDS, sample_rate)
+    return choices + [NoiseChoice(f"pink noise (generated, seed {GENERATED_NOISE_SEED})", (pink,))]
 
 
 @dataclass(frozen=True)
