@@ -250,8 +250,7 @@ def run(args: argparse.Namespace) -> int:
     with StopSignals() as stops:
         out = checked_stdout()
         if not args.list_devices:
-            explicit = explicit_settings(args)
-            spotter_config(None, **explicit)  # the combination, before the model is loaded (for a default model)
+            explicit = explicit_settings(args)  # the combination is checked with the model's settings
         _import_runtime(args.list_devices or args.input is None)
         stops.arm()
         if args.list_devices:

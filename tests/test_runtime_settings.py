@@ -91,6 +91,8 @@ class TestListen:
     def test_options_override_the_model(self, calibrated, planted_wav, capsys):
         line = self._announce(capsys, calibrated, planted_wav, "-t", "0.8", "--patience", "1", "--lanes", "2")
         assert line.endswith("2 lane(s) reset every 2000 ms; thresholds yes=0.8, no=0.8, up=0.8, down=0.8")
+        line = self._announce(capsys, calibrated, planted_wav, "--reset-period-ms", "0")  # the model's one lane
+        assert "1 lane, never reset" in line
         line = self._announce(capsys, calibrated, planted_wav, "-t", "yes=0.9", "--reset-period-ms", "1000")
         assert "1 lane(s) reset every 1000 ms; thresholds yes=0.9, no=0.65, up=0.7, down=0.7 (from the model" in line
 
