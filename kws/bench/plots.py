@@ -73,8 +73,9 @@ def plot_det(report: BenchReport, path: Path) -> None:
     }
     d, target, default_t = st.default, report.targets, st.config["threshold"]
     fig, (ax, ax2, ax4) = plt.subplots(1, 3, figsize=(15, 4.5))
-    ax.plot(fa, miss, "o-", ms=3, label="threshold sweep")
-    if (n := report.negative_stream) is not None:
+    n = report.negative_stream
+    ax.plot(fa, miss, "o-", ms=3, label="threshold sweep" if n is None else "threshold sweep (mixed stream)")
+    if n is not None:
         both = np.array([np.nan if (v := p.combined.fa_per_hour) is None else v for p in n.sweep], dtype=float)
         missed = np.array([np.nan if p.recall is None else 100 * (1 - p.recall) for p in n.sweep], dtype=float)
         hours = n.sweep[0].combined.hours if n.sweep else 0.0
