@@ -37,7 +37,7 @@ from kws.bench.options import BenchOptions
 from kws.bench.reverb import METHOD_NOISE, method
 from kws.bench.scoring import SECONDS_PER_HOUR, score_detections
 from kws.bench.speed import BENCH_THREADS
-from kws.bench.streaming import SWEEP_THRESHOLDS, stream_noises, unknown_utterances
+from kws.bench.streaming import SWEEP_THRESHOLDS, bench_config, stream_noises, unknown_utterances
 from kws.bench.utterances import negative_utterances
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.data.splits import PreparedData
@@ -221,7 +221,7 @@ def run_negative_stream(
     """
     import soundfile as sf
 
-    from kws.runtime import KeywordSpotter, SpotterConfig, load_model
+    from kws.runtime import KeywordSpotter, load_model
 
     started = time.perf_counter()
     negatives = cached([u for folder in options.negatives for u in negative_utterances(folder)], sample_rate)
@@ -229,7 +229,7 @@ def run_negative_stream(
     material = negatives + unknowns
     choices, noise_source = _noise_choices(prepared, options.split, sample_rate)
     passes = plan_passes(options.negative_hours, material, len(choices), sample_rate, options.seed, options.snr_db)
-    config = SpotterConfig()
+    config = bench_config()  # the mixed stream's operating point
     spotter = KeywordSpotter(load_model(files.stream_int8, BENCH_THREADS), config, record_scores=True)
     chunk_seconds = spotter.engine.chunk_frames * spotter.info.hop_samples / sample_rate
     thresholds = sorted(set(SWEEP_THRESHOLDS) | {config.threshold})

@@ -136,14 +136,22 @@ def chunk_latencies(
     return out
 
 
+def bench_config() -> Any:
+    """The operating point every bench stream runs at: the shipped defaults, ``SpotterConfig()`` (what
+    ``kws listen`` uses without options)."""
+    from kws.runtime import SpotterConfig
+
+    return SpotterConfig()
+
+
 def run_stream(options: BenchOptions, files: ModelFiles, stream: StreamSet) -> Streaming:
     """The int8 streaming model over the stream: one run through the path of ``kws listen --input``
     (detections and the runtime's own statistics at the shipped defaults), one recorded run (the score
     trace), and a threshold sweep over that trace."""
-    from kws.runtime import SpotterConfig, detect_file, detections_from_scores, load_model, stream_scores
+    from kws.runtime import detect_file, detections_from_scores, load_model, stream_scores
     from kws.runtime.config import frames_for
 
-    config = SpotterConfig()
+    config = bench_config()
     model = load_model(files.stream_int8, BENCH_THREADS)
     logger.info("running the stream through the live path (%s)", files.stream_int8.name)
     detections, stats = detect_file(model, stream.path, config=config, threads=BENCH_THREADS)
