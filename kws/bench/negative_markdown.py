@@ -99,7 +99,8 @@ def negative_stream_section(report: BenchReport) -> list[str]:
         f"Cost: {n.wall_seconds:.0f} s wall time for {s['audio_seconds'] / 3600:.2f} h of audio (making the "
         f"audio, the live runs and the sweep); {s['cpu_ms_per_audio_second']:.2f} ms process CPU per audio "
         f"second while streaming (making the audio included), {s['model_ms_per_audio_second']:.2f} ms of it "
-        f"inside onnxruntime. Streamed chunk by chunk, "
+        f"inside onnxruntime. Each pass is a stream of its own (the spotter starts afresh), made and fed "
+        "chunk by chunk through the runtime's loop (`StreamRunner`, as `kws listen --input`), "
         + (f"kept as `{n.kept}`." if n.kept else "never written to disk."),
         *(f"- {note}" for note in n.notes),
     ]
