@@ -226,3 +226,17 @@ class TestRenderStream:
         assert 0 < len(expected) < len(written), "the fixed hash holds out some files, not all"
         assert sorted((u.label, u.seconds) for u in found) == expected
         assert len(found[0].load(SAMPLE_RATE)) == SAMPLE_RATE
+
+
+def test_the_bench_runs_a_model_at_its_own_settings() -> None:
+    """A calibrated model (thresholds, one lane in its metadata) is measured as `kws listen` runs it."""
+    from types import SimpleNamespace
+
+    from kws.bench.streaming import bench_config
+
+    calibrated = SimpleNamespace(thresholds=(("yes", 0.9),), reset_period_ms=0.0, patience=2)
+    config = bench_config(calibrated)
+    assert (config.lanes, config.reset_period_ms, config.patience) == (1, 0.0, 2)
+    assert config.threshold_for("yes") == 0.9 and config.threshold_for("no") == config.threshold
+    plain = bench_config(SimpleNamespace(thresholds=(), reset_period_ms=None, patience=None))
+    assert (plain.lanes, plain.threshold_for("yes")) == (2, plain.threshold)

@@ -276,8 +276,14 @@ def defaults_section(report: BenchReport) -> list[str]:
         "",
         "### At the shipped defaults",
         "",
-        "Operating point of `SpotterConfig()` (what `kws listen` uses without options): "
+        "Operating point of `kws listen` without options for this model (the built-in defaults, then the model's "
+        "own metadata settings): "
         + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in cfg.items() if k != "thresholds")
+        + (
+            "; per-keyword thresholds " + ", ".join(f"{k} {float(v):g}" for k, v in cfg["thresholds"])
+            if cfg.get("thresholds")
+            else ""
+        )
         + ".",
         "",
     ]

@@ -229,8 +229,9 @@ def run_negative_stream(
     material = negatives + unknowns
     choices, noise_source = _noise_choices(prepared, options.split, sample_rate)
     passes = plan_passes(options.negative_hours, material, len(choices), sample_rate, options.seed, options.snr_db)
-    config = bench_config()  # the mixed stream's operating point
-    spotter = KeywordSpotter(load_model(files.stream_int8, BENCH_THREADS), config, record_scores=True)
+    model = load_model(files.stream_int8, BENCH_THREADS)
+    config = bench_config(model.info)  # the mixed stream's operating point
+    spotter = KeywordSpotter(model, config, record_scores=True)
     chunk_seconds = spotter.engine.chunk_frames * spotter.info.hop_samples / sample_rate
     thresholds = sorted(set(SWEEP_THRESHOLDS) | {config.threshold})
     swept: dict[float, Counter[str]] = {t: Counter() for t in thresholds}

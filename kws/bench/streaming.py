@@ -136,12 +136,13 @@ def chunk_latencies(
     return out
 
 
-def bench_config() -> Any:
-    """The operating point every bench stream runs at: the shipped defaults, ``SpotterConfig()`` (what
-    ``kws listen`` uses without options)."""
-    from kws.runtime import SpotterConfig
+def bench_config(info: Any) -> Any:
+    """The operating point every bench stream runs at: what ``kws listen`` uses for this model without options
+    (:func:`kws.runtime.config.spotter_config`: the built-in defaults, then the model's own metadata settings:
+    calibrated thresholds, reset period / lanes, patience)."""
+    from kws.runtime.config import spotter_config
 
-    return SpotterConfig()
+    return spotter_config(info)
 
 
 def run_stream(options: BenchOptions, files: ModelFiles, stream: StreamSet) -> Streaming:
@@ -151,8 +152,8 @@ def run_stream(options: BenchOptions, files: ModelFiles, stream: StreamSet) -> S
     from kws.runtime import detect_file, detections_from_scores, load_model, stream_scores
     from kws.runtime.config import frames_for
 
-    config = bench_config()
     model = load_model(files.stream_int8, BENCH_THREADS)
+    config = bench_config(model.info)
     logger.info("running the stream through the live path (%s)", files.stream_int8.name)
     detections, stats = detect_file(model, stream.path, config=config, threads=BENCH_THREADS)
     logger.info("recording the score trace for the threshold sweep")
