@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from kws.export.clips import CALIBRATION_SPLIT, check_roots
-from kws.export.onnx_export import ExportError, check_exportable, export_clip_model, export_stream_model, save_model
+from kws.export.onnx_export import (
+    ExportError,
+    check_exportable,
+    export_clip_model,
+    export_stream_model,
+    save_model,
+    set_metadata,
+)
 from kws.export.options import ExportOptions, ExportPaths, Source
 from kws.export.quantize import (
     ClipCalibrationReader,
@@ -31,7 +38,7 @@ from kws.export.quantize import (
     quantize_dynamic_model,
     quantize_static_model,
 )
-from kws.format import QUANT_DYNAMIC, QUANT_STATIC
+from kws.format import QUANT_DYNAMIC, QUANT_STATIC, run_settings_props
 from kws.io import ensure_writable_dir, pid_alive
 from kws.model.checkpoint import model_from_checkpoint, run_config
 from kws.train.evaluation_data import resolve_split_mode
@@ -39,6 +46,9 @@ from kws.train.evaluation_data import resolve_split_mode
 logger = logging.getLogger("kws.export.pipeline")  # the name kws export's log lines have always had
 
 STAGING_INFIX = ".export-"
+STREAM_TRAINED_RESET_PERIOD_MS = 0.0
+"""``kws.reset_period_ms`` of the streaming model of a checkpoint trained on long streams (``kws train
+--stream-weight``): its state was trained to be carried, so ``kws listen`` runs it as one lane, never reset."""
 """Staging folders are ``.NAME.export-PID-XXXXXXXX`` (PID: the exporting process)."""
 _STAGING = re.compile(r"^\..+\.export-(?P<rest>.+)$")
 
@@ -154,7 +164,10 @@ def make_models(
     logger.info("exporting the whole-clip model")
     save_model(export_clip_model(source.model, source.labels, source.evaluation), staged.clip)
     logger.info("exporting the streaming model")
-    save_model(export_stream_model(source.model, source.labels, source.evaluation), staged.stream)
+    stream = export_stream_model(source.model, source.labels, source.evaluation)
+    if source.config.stream.weight > 0:  # trained on long streams with its state carried: one lane, never reset
+        set_metadata(stream, run_settings_props({}, reset_period_ms=STREAM_TRAINED_RESET_PERIOD_MS))
+    save_model(stream, staged.stream)
     candidates: dict[str, ExportPaths] = {}
     for variant in variants:
         paths = ExportPaths.under(staging / variant, name)

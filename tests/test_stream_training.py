@@ -207,6 +207,13 @@ def test_stream_run_writes_a_usable_checkpoint(stream_run: Path, full_dataset: P
 
     paths = export_files(stream_run, tmp_path / "export")
     assert paths.stream.is_file() and paths.clip_int8.is_file()
+    from kws.runtime import KeywordSpotter, load_model
+
+    for path in (paths.stream, paths.stream_int8):  # trained to carry its state: runs as one lane, never reset
+        model = load_model(path)
+        assert model.info.reset_period_ms == 0.0
+        assert KeywordSpotter(model).engine.lanes == 1
+    assert load_model(paths.stream).info.thresholds == ()
 
 
 def test_old_checkpoints_load_with_the_stream_loss_off(stream_run: Path, tmp_path: Path) -> None:
