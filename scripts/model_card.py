@@ -34,13 +34,18 @@ def portable_folders(folders: list[str]) -> list[str]:
 
 
 def portable_config(config: dict) -> dict:
-    """``to_dict(run config)`` with the data folders made :func:`portable_folders` (one naming for all)."""
+    """``to_dict(run config)`` with the data folders made :func:`portable_folders` (one naming for all) and the
+    checkpoint a run started from (``--init-from``) named by its run folder and file."""
     data = dict(config.get("data", {}))
     fields = [k for k in DATA_FOLDER_FIELDS if data.get(k)]
     flat = portable_folders([f for k in fields for f in data[k]])
     for k in fields:
         data[k], flat = flat[: len(data[k])], flat[len(data[k]) :]
-    return {**config, "data": data}
+    train = dict(config.get("train", {}))
+    if train.get("init_from"):  # the stage the run started from: its run folder and file, not this machine's path
+        start = Path(train["init_from"])
+        train["init_from"] = f"{start.parent.name}/{start.name}"
+    return {**config, "data": data, "train": train}
 
 
 def evaluation_lines(bench: BenchReport) -> list[str]:
