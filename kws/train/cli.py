@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: one table declares every `kws train` option (flag, help, config field), and the
+# parser, the config it builds and the --resume conflict check are all made from it, here.
 """Train a stacked-LSTM keyword model on Speech Commands.
 
 Reads one or more Speech Commands folders (full dataset v0.01/v0.02 and/or the 12-class test archive),
