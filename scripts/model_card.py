@@ -85,6 +85,16 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
     fewest = " and ".join(k for k, v in per_class.items() if v < 1.2 * kw_min)
     exported = json.loads(export_json.read_text())
     bench = BenchReport.read(bench_json)
+    if config.train.init_from:  # a second stage, started from the checkpoint of a first `kws train`
+        stream = config.stream
+        training = (
+            "`kws train` with its defaults (stage 1), then `kws train --init-from` that checkpoint"
+            + (f" with the stream loss (`--stream-weight {stream.weight:g}`, {stream.batch} x {stream.seconds:g} s"
+               " training streams per step)" if stream.weight > 0 else "")
+            + f" for {config.train.epochs} epochs (stage 2, the settings below; its last epoch is shipped)"
+        )  # fmt: skip
+    else:
+        training = "`kws train` with the settings below"
     lines = [
         "# Model card: kws shipped model (`kws/pretrained/`)",
         "",
@@ -105,9 +115,8 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         "",
         "## How it was made",
         "",
-        "`make pretrained` (= `scripts/make_pretrained.sh ../shared/data`): `kws train` with the defaults below on the",
-        "real data in `../shared/data`, `kws export` (all checks passed: " + str(exported["passed"]) + "), then",
-        "`kws bench`.",
+        "`make pretrained` (= `scripts/make_pretrained.sh ../shared/data`): " + training + " on the real data in",
+        "`../shared/data`, `kws export` (all checks passed: " + str(exported["passed"]) + "), then `kws bench`.",
         "",
         "```json",
         json.dumps(portable_config(to_dict(config)), indent=1),
