@@ -297,6 +297,10 @@ class StreamTrainConfig:
             clip, an unknown-word clip or a piece of negative speech; the rest (``1 - sum``, if positive) are
             noise-only gaps. Without ``--negatives`` their share goes to the others.
         snr_db_min, snr_db_max: level of the speech over the noise bed (dB, uniform per sequence).
+        hard_fraction: share of the negative pieces cut around hard negatives (spots of the negative recordings
+            where the model's pooled keyword posterior peaks over ``hard_threshold``, mined again at every
+            epoch: :mod:`kws.train.hard_negatives`), growing linearly to this at the last epoch; 0: off.
+        hard_threshold: pooled keyword posterior over which a spot is mined.
     """
 
     weight: float = 0.0
@@ -308,10 +312,14 @@ class StreamTrainConfig:
     negative_fraction: float = 0.25
     snr_db_min: float = 5.0
     snr_db_max: float = 30.0
+    hard_fraction: float = 0.0
+    hard_threshold: float = 0.3
 
     def __post_init__(self) -> None:
         _check_finite(
             self,
+            "hard_fraction",
+            "hard_threshold",
             "weight",
             "seconds",
             "label_window_ms",
@@ -334,6 +342,8 @@ class StreamTrainConfig:
             "stream fractions must be >= 0, keyword_fraction > 0, and sum to at most 1",
         )
         _check(self.snr_db_min <= self.snr_db_max, "need stream snr_db_min <= snr_db_max")
+        _check(0 <= self.hard_fraction <= 1, f"hard-negative fraction must be in [0, 1], got {self.hard_fraction}")
+        _check(0 < self.hard_threshold < 1, f"hard-negative threshold must be in (0, 1), got {self.hard_threshold}")
 
 
 @dataclass(frozen=True)

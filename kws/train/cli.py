@@ -316,6 +316,20 @@ def option_groups() -> tuple[tuple[str, str | None, tuple[Option, ...]], ...]:
             int,
         ),
         Option(
+            "--hard-negatives",
+            "share of the streams' negative pieces cut around hard negatives: spots of the --negatives "
+            "recordings where the model's keyword posterior peaks over --hard-threshold, mined again every "
+            "epoch; the share grows to this at the last epoch, 0..1 (default: %(default)s: off)",
+            "stream.hard_fraction",
+            float,
+        ),
+        Option(
+            "--hard-threshold",
+            "pooled keyword posterior over which a spot is mined, in (0, 1) (default: %(default)s)",
+            "stream.hard_threshold",
+            float,
+        ),
+        Option(
             "--init-from",
             "start from the weights of this checkpoint (e.g. a run's best.pt; same labels and model shape), "
             "with a new optimiser and schedule: a fine-tuning stage",

@@ -43,6 +43,7 @@ from kws.train.stream_loss import (
     StreamTraining,
     log_streams,
     make_streams,
+    mine_hard_negatives,
     stream_loss,
     stream_record,
     validate_streams,
@@ -276,6 +277,7 @@ def _train_locked(
     )
     started = time.monotonic()
     for epoch in range(start_epoch, tc.epochs):
+        hard = mine_hard_negatives(run.scored, streams, config, epoch) if streams is not None else {}
         batches = train_data.epoch_batches(train_split, augmenter, sampler, tc, epoch, in_process)
         epoch_started = time.monotonic()
         step, loss_sum, correct, seen, stream_sums = _train_epoch(
@@ -298,6 +300,7 @@ def _train_locked(
             "minutes": (time.monotonic() - started) / 60,
             "clips_per_second": seen / max(float(sums[3]) / context.world_size, 1e-9),
         }
+        record |= hard
         if streams is not None:
             record |= stream_record("stream", context.all_sum(stream_sums) if context.distributed else stream_sums)
             record |= stream_record("val_stream", validate_streams(run.scored, streams, device))

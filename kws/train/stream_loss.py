@@ -15,6 +15,7 @@ from kws.config import RunConfig
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.data.splits import PreparedData, negative_recordings
 from kws.model.network import KWSModel
+from kws.train.hard_negatives import epoch_fraction, mine
 from kws.train.objective import STREAM_FIGURES, StreamObjective
 from kws.train.streams import STREAM_SEED_TAG, StreamBuilder
 
@@ -93,6 +94,33 @@ def validate_streams(model: KWSModel, streams: StreamTraining, device: torch.dev
     frames = model(model.frontend(torch.from_numpy(streams.validation_audio).to(device)))[0]
     loss, figures = streams.objective(frames, torch.from_numpy(streams.validation_targets).to(device))
     return np.array([loss.item(), 1, *(figures[k] for k in STREAM_FIGURES)], np.float64)
+
+
+def mine_hard_negatives(model: KWSModel, streams: StreamTraining, config: RunConfig, epoch: int) -> dict[str, float]:
+    """Mine this epoch's hard negatives with ``model`` (the validated weights; put in eval mode) over the builder's
+    negative recordings and hand them to the builder (:mod:`kws.train.hard_negatives`); the figures
+    ``metrics.jsonl`` records of it (``hard_negatives``: spots, ``hard_per_hour``: spots per hour of the
+    recordings, ``hard_fraction``: this epoch's share). Off (``hard_fraction`` 0 or no recordings): nothing is
+    mined and nothing recorded."""
+    sc, builder = config.stream, streams.builder
+    fraction = epoch_fraction(sc.hard_fraction, epoch, config.train.epochs)
+    if not fraction or not builder.negatives:
+        return {}
+    keyword = np.ones(builder.n_labels, bool)
+    keyword[[builder.silence_index, builder.unknown_index]] = False
+    rate = config.features.sample_rate
+    spots = mine(model, builder.negatives, builder.grid, keyword, rate, sc.hard_threshold)
+    builder.use_hard(spots.source, spots.position, fraction)
+    hours = sum(len(n) for n in builder.negatives) / rate / 3600
+    logger.info(
+        "hard negatives: %d spots over %.2f (%.1f per hour of the %.2f h of negatives); %.0f%% of negative pieces",
+        len(spots),
+        sc.hard_threshold,
+        len(spots) / hours,
+        hours,
+        100 * builder.hard_fraction,
+    )
+    return {"hard_negatives": len(spots), "hard_per_hour": len(spots) / hours, "hard_fraction": builder.hard_fraction}
 
 
 def stream_record(prefix: str, sums: np.ndarray) -> dict[str, float]:

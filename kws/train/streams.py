@@ -12,6 +12,10 @@ the other, each after a random gap (``GAP_SECONDS``), until the next one does no
   run every frame is;
 * a **noise** gap (``NOISE_GAP_SECONDS`` of the bed alone).
 
+With hard negatives (:meth:`StreamBuilder.use_hard`, mined by :mod:`kws.train.hard_negatives`), a share of the
+negative pieces is instead cut around a mined spot (where the model would fire), the spot
+``HARD_AFTER_SECONDS`` before the piece's end.
+
 Each speech event gets a random gain (``GAIN_DB``); a noise bed (a random stretch of one of the augmenter's noise
 recordings, white noise without any) runs under the whole stream at a random SNR below the events' mean active
 speech level.
@@ -52,6 +56,8 @@ NOISE_GAP_SECONDS = (0.5, 2.0)
 """Length of a noise-only event (s, uniform)."""
 NEGATIVE_PIECE_SECONDS = (1.0, 4.0)
 """Length of a piece of a negative recording (s, uniform; at most the recording)."""
+HARD_AFTER_SECONDS = (0.1, 0.5)
+"""A piece around a hard negative ends this long after the mined spot (s, uniform)."""
 GAIN_DB = 6.0
 """Each speech event is played at a random gain within +-this (dB)."""
 PEAK_LIMIT = 0.99
@@ -169,6 +175,7 @@ class StreamBuilder:
         self.samples = round(config.seconds * self.rate)
         self.label_window = round(config.label_window_ms * self.rate / 1000)
         self.data = data
+        self.n_labels = len(labels)
         self.silence_index, self.unknown_index = labels.index(SILENCE_LABEL), labels.index(UNKNOWN_LABEL)
         is_keyword = (data.labels != self.silence_index) & (data.labels != self.unknown_index)
         self.keyword_rows = np.flatnonzero(is_keyword & ~data.silence)
@@ -187,6 +194,18 @@ class StreamBuilder:
         ]  # an absent kind's share goes to the other speech kinds
         odds = [f * speech_share / sum(available) for f in available] + [max(0.0, 1.0 - speech_share)]
         self.kind_odds = np.asarray(odds) / sum(odds)
+        self.use_hard(np.zeros(0, np.int64), np.zeros(0, np.int64), 0.0)
+
+    def use_hard(self, sources: np.ndarray, positions: np.ndarray, fraction: float) -> None:
+        """Cut ``fraction`` of the negative pieces from now on around these mined spots: recording index int64
+        ``[n]`` (into the ``negatives`` given) and sample int64 ``[n]`` (:mod:`kws.train.hard_negatives`). No spot or
+        a zero fraction: the streams are exactly those without hard negatives (no extra draw)."""
+        if len(sources) != len(positions) or not 0 <= fraction <= 1:
+            raise ValueError("need as many sources as positions and 0 <= fraction <= 1")
+        if len(sources) and (sources.min() < 0 or sources.max() >= len(self.negatives)):
+            raise ValueError("a hard negative names a recording the builder does not have")
+        self.hard_sources, self.hard_positions = np.asarray(sources, np.int64), np.asarray(positions, np.int64)
+        self.hard_fraction = float(fraction) if len(sources) else 0.0
 
     @property
     def frames(self) -> int:
@@ -204,10 +223,16 @@ class StreamBuilder:
             return np.zeros(n, np.float32), StreamEvent(kind, self.silence_index, 0, n, 0, n), 0.0
         offset = 0
         if kind == KIND_NEGATIVE:
-            source = int(rng.choice(len(self.negatives), p=self.negative_odds))
+            if self.hard_fraction and rng.random() < self.hard_fraction:
+                spot = int(rng.integers(len(self.hard_sources)))
+                source = int(self.hard_sources[spot])
+                n = round(rng.uniform(*NEGATIVE_PIECE_SECONDS) * self.rate)
+                start = int(self.hard_positions[spot]) + round(rng.uniform(*HARD_AFTER_SECONDS) * self.rate) - n
+            else:
+                source = int(rng.choice(len(self.negatives), p=self.negative_odds))
+                n = round(rng.uniform(*NEGATIVE_PIECE_SECONDS) * self.rate)
+                start = int(rng.integers(1 - n, len(self.negatives[source])))  # every sample equally likely
             recording = self.negatives[source]
-            n = round(rng.uniform(*NEGATIVE_PIECE_SECONDS) * self.rate)
-            start = int(rng.integers(1 - n, len(recording)))  # every sample equally likely to be in the piece
             offset = max(start, 0)
             audio, label = int16_to_float(recording[offset : start + n]), self.unknown_index
         else:
