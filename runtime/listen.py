@@ -9,6 +9,7 @@ examples:
   kws listen --device "USB" --threshold 0.8 --threshold yes=0.9
   kws listen --model models/kws.stream.int8.onnx --input recording.wav --json
   arecord -f S16_LE -r 16000 -c 1 | kws listen --input -
+  kws listen --verifier verifier.onnx --verify-threshold 0.3   # a second stage confirms each detection
 
 exit status: 0 at the end of the input, on Ctrl-C or SIGTERM while listening, and when the reader of stdout
 goes away (e.g. `kws listen ... | head -1`: listening stops quietly, the summary still goes to stderr);
@@ -56,12 +57,13 @@ if TYPE_CHECKING:  # imported in run(), with start-up signals deferred (see Stop
     from kws.runtime.detect import Detection, KeywordSpotter
     from kws.runtime.model import ModelInfo
     from kws.runtime.sources import AudioSource
+    from kws.runtime.verifier import VerifiedSpotter
 
 PROG = "kws listen"
 
 RUNTIME_MODULES = (
     "numpy", "onnxruntime", "kws.runtime.detect", "kws.runtime.sources", "kws.runtime.files",
-    "kws.runtime.microphone", "kws.runtime.stream",
+    "kws.runtime.microphone", "kws.runtime.stream", "kws.runtime.verifier",
 )  # fmt: skip
 """Imported by :func:`run` while SIGINT/SIGTERM are deferred: extension modules that take a while to load."""
 OPTIONAL_MODULES = ("soundfile", "soxr")
@@ -151,6 +153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                        help=f"onnxruntime intra-op threads, 1..{MAX_THREADS} (default: %(default)s)")  # fmt: skip
+    model.add_argument("--verifier", metavar="PATH",
+                       help="second stage: a verifier file (`kws teacher --export-verifier`) that confirms or rejects "
+                            "each detection on the audio around it (default: none, the first stage alone)")  # fmt: skip
+    model.add_argument("--verify-threshold", type=float, metavar="P",
+                       help="with --verifier: its probability of the detected keyword needed to report it, "
+                            "0..1 (default: the verifier's kws.verifier.threshold)")  # fmt: skip
 
     detect = parser.add_argument_group("detection")
     detect.add_argument("--threshold", "-t", action="append", default=[], metavar="[KEYWORD=]VALUE",
@@ -186,6 +194,10 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--realtime paces an audio file: use it with --input FILE")
     if (args.raw_rate is not None or args.raw_channels != 1) and args.input != "-":
         raise ConfigError("--raw-rate/--raw-channels describe raw PCM on stdin: use them with --input -")
+    if args.verify_threshold is not None:
+        if args.verifier is None:
+            raise ConfigError("--verify-threshold sets the second stage's threshold: use it with --verifier FILE")
+        check_range("--verify-threshold", args.verify_threshold, 0, 1)
     option_of = {spec.name: option for option, spec in DETECTION_OPTIONS.items()}
     values = {f.name: getattr(args, f.name) for f in fields(SpotterConfig) if f.name in option_of}
     values = {name: value for name, value in values.items() if value is not None}
@@ -275,13 +287,14 @@ def _listen(args: argparse.Namespace, explicit: dict[str, Any], out: TextIO, sto
     model = load_model(args.model, args.threads)
     config = spotter_config(model.info, **explicit)
     spotter = KeywordSpotter(model, config, threads=args.threads)
+    verified = _verified(spotter, args)
     chunk_seconds = spotter.engine.chunk_frames * spotter.info.hop_samples / spotter.sample_rate
     source = open_source(
         args.input, spotter.sample_rate, chunk_seconds, device=args.device, realtime=args.realtime,
         raw_rate=args.raw_rate, raw_channels=args.raw_channels,
     )  # fmt: skip
-    _announce(spotter, source, config, explicit)
-    runner = StreamRunner(spotter, source, _printer(out, args.json, source.live))
+    _announce(spotter, source, config, explicit, verified)
+    runner = StreamRunner(verified or spotter, source, _printer(out, args.json, source.live))
     guard = StdoutGuard()
     try:
         with guard:  # the reader of stdout may go away (e.g. `| head -1`): stop quietly
@@ -292,7 +305,18 @@ def _listen(args: argparse.Namespace, explicit: dict[str, Any], out: TextIO, sto
         stops.defer()
         note = " (stopped: the reader of stdout went away)" if guard.closed else ""
         print_err(f"{PROG}: {runner.stats.summary()}{note}")
+        if verified is not None:
+            print_err(f"{PROG}: {verified.summary()}")
     return 0
+
+
+def _verified(spotter: KeywordSpotter, args: argparse.Namespace) -> VerifiedSpotter | None:
+    """The spotter wrapped with the ``--verifier`` second stage (None without it)."""
+    if args.verifier is None:
+        return None
+    from kws.runtime.verifier import VerifiedSpotter, Verifier
+
+    return VerifiedSpotter(spotter, Verifier(args.verifier, args.threads, threshold=args.verify_threshold))
 
 
 def threshold_source(info: ModelInfo, explicit: dict[str, Any]) -> str:
@@ -308,7 +332,8 @@ def threshold_source(info: ModelInfo, explicit: dict[str, Any]) -> str:
     return " (from the model" + (f" but {', '.join(others)}: options or default" if others else "") + ")"
 
 
-def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfig, explicit: dict[str, Any]) -> None:
+def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfig, explicit: dict[str, Any],
+              verified: VerifiedSpotter | None = None) -> None:  # fmt: skip
     info = spotter.info
     engine = spotter.engine
     rate = f"{source.sample_rate} Hz"
@@ -321,4 +346,5 @@ def _announce(spotter: KeywordSpotter, source: AudioSource, config: SpotterConfi
     print_err(f"{PROG}: {info.path.name} ({info.quantization}), {source.description} at {rate}; "
               f"{engine.chunk_frames * info.hop_ms:g} ms per call, {lanes}; thresholds {thresholds}"
               f"{threshold_source(info, explicit)}{patience}"
+              + (f"; {verified.verifier.describe()}" if verified is not None else "")
               + ("; Ctrl-C to stop" if source.live else ""))  # fmt: skip
