@@ -232,6 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--threads", type=int, default=0, help="CPU threads (default: every core; fewer if the machine is shared)"
     )
+    from kws.teacher import verifier_cli
+
+    verifier_cli.add_arguments(parser)
 
 
 def student_configs(args: argparse.Namespace) -> tuple[DataConfig, FeatureConfig]:
@@ -250,6 +253,10 @@ def student_configs(args: argparse.Namespace) -> tuple[DataConfig, FeatureConfig
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export_verifier is not None:
+        from kws.teacher import verifier_cli
+
+        return verifier_cli.run(args)
     if not args.data:
         raise KWSError("--data is required (the Speech Commands folder(s) of the student run)")
     data_config, features = student_configs(args)

@@ -1,0 +1,143 @@
+"""``kws teacher --export-verifier OUT.onnx``: the teacher as a second-stage verifier file, and the choice of its
+settings by measurement.
+
+examples:
+  kws teacher --out runs/teacher --export-verifier verifier.onnx        # the settings given (or the defaults)
+  kws teacher --out runs/teacher --export-verifier verifier.onnx --calibrate-with kws.stream.int8.onnx \\
+      --data speech_commands_v0.02 --negatives wake_word_negatives
+
+With ``--calibrate-with MODEL`` the window (length and end) and the threshold are chosen on the same audio
+``kws calibrate`` uses (:func:`kws.export.calibrate.build_calibration_stream`: the data's ``validation`` split and
+the calibration third of the negatives; never the streams ``kws bench`` reports on): the stream runs through
+``MODEL`` and the verifier once per window candidate (:data:`WINDOW_CANDIDATES`, the runtime's own path,
+:mod:`kws.bench.verification`), and the chosen candidate and threshold are those that remove the most false
+accepts for at most 1 point of recall (ties: the earlier window end, i.e. less latency, then the shorter
+window). The table of every candidate is printed and written beside the file (``OUT.calibration.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kws.errors import KWSError
+from kws.teacher.verifier_export import DEFAULT_THRESHOLD, DEFAULT_WINDOW_END_MS, DEFAULT_WINDOW_MS, export_verifier
+
+logger = logging.getLogger(__name__)
+
+PROG = "kws teacher"
+WINDOW_CANDIDATES: tuple[tuple[float, float], ...] = (
+    (1000.0, 0.0), (1000.0, 100.0), (1300.0, -100.0), (1300.0, 0.0), (1300.0, 100.0), (1300.0, 200.0),
+    (1600.0, 100.0),
+)  # fmt: skip
+"""(window ms, window end ms after the detection) tried by ``--calibrate-with``."""
+CALIBRATION_MINUTES = 60.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The verifier options of ``kws teacher``."""
+    g = parser.add_argument_group("second-stage verifier (export the teacher in --out as one ONNX file)")
+    g.add_argument("--export-verifier", type=Path, metavar="OUT.onnx",
+                   help="write the teacher of --out (teacher.pt) as a verifier file for `kws listen --verifier` "
+                        "and exit (needs the embedding files: --embedding-models or the kws[teacher] "
+                        "extra)")  # fmt: skip
+    g.add_argument("--verifier-window-ms", type=float, default=DEFAULT_WINDOW_MS, metavar="MS",
+                   help="audio per check (default: %(default)g)")  # fmt: skip
+    g.add_argument("--verifier-window-end-ms", type=float, default=DEFAULT_WINDOW_END_MS, metavar="MS",
+                   help="where that audio ends, after the detection time (default: %(default)g)")  # fmt: skip
+    g.add_argument("--verifier-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
+                   help="probability of the detected keyword needed to confirm it (default: %(default)g)")  # fmt: skip
+    g.add_argument("--calibrate-with", type=Path, metavar="MODEL",
+                   help="choose the window and the threshold by measurement with this streaming model on the "
+                        "calibration audio of --data (validation split) and --negatives (calibration "
+                        "third)")  # fmt: skip
+    g.add_argument("--calibration-minutes", type=float, default=CALIBRATION_MINUTES, metavar="M",
+                   help="length of the calibration stream (default: %(default)g)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export (and with ``--calibrate-with``, choose the settings first); errors raise KWSError."""
+    teacher = Path(args.out) / "teacher.pt"
+    if not teacher.is_file():
+        raise KWSError(f"no teacher at {teacher} (train one with `kws teacher --data ... --out {args.out}`)")
+    out = Path(args.export_verifier)
+    window, end, threshold = args.verifier_window_ms, args.verifier_window_end_ms, args.verifier_threshold
+    export_verifier(teacher, out, embedding_models=args.embedding_models, window_ms=window, window_end_ms=end,
+                    threshold=threshold)  # fmt: skip
+    if args.calibrate_with is not None:
+        if not args.data or not args.negatives:
+            raise KWSError("--calibrate-with needs --data (its validation split) and --negatives")
+        table, best = calibrate_verifier(out, args.calibrate_with, tuple(args.data), tuple(args.negatives),
+                                         args.calibration_minutes)  # fmt: skip
+        for line in format_table(table, best):
+            print(f"{PROG}: {line}")
+        window, end, threshold = best["window_ms"], best["window_end_ms"], best["threshold"]
+        export_verifier(teacher, out, embedding_models=args.embedding_models, window_ms=window, window_end_ms=end,
+                        threshold=threshold)  # fmt: skip
+        report = out.with_name(out.stem + ".calibration.json")
+        report.write_text(json.dumps({"chosen": best, "candidates": table}, indent=1, default=str) + "\n")
+        print(f"{PROG}: calibration table: {report}")
+    print(f"{PROG}: wrote {out} (verifier: {window:g} ms ending {end:+g} ms from each detection, threshold "
+          f"{threshold:g})")  # fmt: skip
+    return 0
+
+
+def calibrate_verifier(
+    verifier_path: Path, model_path: Path, data: tuple[str, ...], negatives: tuple[str, ...],
+    minutes: float = CALIBRATION_MINUTES,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Every window candidate's best threshold on the calibration stream, and the chosen one.
+
+    Returns:
+        (one row per candidate: window, end, the chosen threshold's figures and the check cost; the chosen row).
+    """
+    from kws.bench.verification import CheckCost, choose_point, run_verified, verifier_points
+    from kws.export.calibrate import CalibrationOptions, build_calibration_stream
+    from kws.runtime import KeywordSpotter, load_model, spotter_config
+    from kws.runtime.files import FileSource
+    from kws.runtime.verifier import Verifier
+
+    model = load_model(model_path)
+    config = spotter_config(model.info)  # the model's own settings, as kws listen runs it
+    options = CalibrationOptions(model=model_path, data=data, negatives=negatives, out=verifier_path,
+                                 minutes=minutes)  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="kws-verifier-") as folder:
+        stream = build_calibration_stream(options, model.info.keywords, model.info.sample_rate,
+                                          Path(folder) / "stream.wav")  # fmt: skip
+        for window, end in WINDOW_CANDIDATES:
+            verifier = Verifier(verifier_path, window_ms=window, window_end_ms=end)
+            spotter = KeywordSpotter(model, config)
+            chunk = spotter.engine.chunk_frames * spotter.info.hop_samples / spotter.sample_rate
+            run = run_verified(spotter, verifier, FileSource(stream.path, spotter.sample_rate, chunk))
+            points = verifier_points(run, stream.events, stream.seconds, 1.0)
+            best = choose_point(points)
+            cost = CheckCost.of(run.checks)
+            rows.append({"window_ms": window, "window_end_ms": end, **best.to_dict(),
+                         "check_cpu_ms_median": cost.cpu_ms_median,
+                         "added_latency_ms_median": cost.added_latency_ms_median,
+                         "stream_minutes": stream.seconds / 60})  # fmt: skip
+            logger.info("verifier window %g ms ending %+g ms: threshold %g, false accepts %d -> %d, recall "
+                        "%.1f%% -> %.1f%%", window, end, best.threshold, best.false_accepts_without,
+                        best.false_accepts, 100 * best.recall_without, 100 * best.recall)  # fmt: skip
+    chosen = min(rows, key=lambda r: (r["false_accepts"], r["window_end_ms"], r["window_ms"]))
+    return rows, chosen
+
+
+def format_table(rows: list[dict[str, Any]], chosen: dict[str, Any]) -> list[str]:
+    """The calibration table, one line per candidate (the chosen one marked)."""
+    first = rows[0]
+    lines = [f"calibration stream {first['stream_minutes']:.1f} min, {first['keyword_events']} keywords, "
+             f"{first['nonkeyword_hours']:.2f} h of non-keyword audio; first stage alone: recall "
+             f"{100 * first['recall_without']:.1f}%, {first['false_accepts_without']} false accepts"]  # fmt: skip
+    for r in rows:
+        mark = "  <- chosen" if r is chosen else ""
+        lines.append(f"window {r['window_ms']:6g} ms ending {r['window_end_ms']:+5g} ms: threshold "
+                     f"{r['threshold']:<5g} recall {100 * r['recall']:5.1f}% false accepts "
+                     f"{r['false_accepts']:3d} ({r['fa_cut']:.1f}x fewer), {r['check_cpu_ms_median']:.1f} ms CPU "
+                     f"per check{mark}")  # fmt: skip
+    return lines
