@@ -15,6 +15,7 @@ step = hop), so nothing is computed twice.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from torch import nn
 from kws import __version__
 from kws.config import FeatureConfig, ModelConfig, to_dict
 from kws.errors import KWSError
+from kws.export import stream_ops as so
 from kws.format import (
     BATCH_DIM,
     FRAMES_DIM,
@@ -78,14 +80,15 @@ class ClipScores(nn.Module):
 
 
 class StreamFrontend(nn.Module):
-    """The model's MFCC front end for a streaming call: ``audio [1, context + k*hop]`` -> ``[1, k, n_mfcc]``.
+    """The model's MFCC front end for a streaming call: ``audio [1, context + k*hop]`` -> ``[k, n_mfcc]``.
 
     The same arithmetic as the model's torchaudio MFCC (power spectrum, mel filterbank, ``log(mel + 1e-6)``,
-    DCT, then the fixed normalisation), with the same buffers, written so that the exporter can give the STFT
-    a symbolic frame count (torchaudio reads the shape of the complex STFT output, which the exporter cannot
-    translate) and so that a call runs few ONNX nodes, each of which costs microseconds: the power is
-    ``re^2 + im^2`` (torchaudio: ``|X|`` then squared) and the normalisation is folded into the DCT matrix.
-    The equivalence (to float rounding) is checked on every export: streaming scores vs whole-clip scores.
+    DCT, then the fixed normalisation), written so that a call runs few, cheap ONNX nodes
+    (:mod:`kws.export.stream_ops`): the frames are column ranges of ``[k, hop]`` reshapes of the audio, cut to
+    the window's support; the power spectrum is a DFT folded on its symmetry, restricted to the bins the mel
+    filterbank reads, as two MatMuls (onnxruntime's ``STFT`` costs twice as much); the normalisation is folded
+    into the DCT matrix. The equivalence (to float rounding) is checked on every export: streaming scores vs
+    whole-clip scores, and ONNX vs PyTorch.
     """
 
     def __init__(self, frontend: MFCCFrontend) -> None:
@@ -99,6 +102,7 @@ class StreamFrontend(nn.Module):
             "pad": spectrogram.pad == 0,
             "normalized": not spectrogram.normalized,
             "onesided": spectrogram.onesided in (None, True),
+            "even n_fft": spectrogram.n_fft % 2 == 0,
         }
         broken = [name for name, ok in assumptions.items() if not ok]
         if broken:
@@ -106,29 +110,44 @@ class StreamFrontend(nn.Module):
                 f"the model's MFCC front end changed ({', '.join(broken)}); the streaming export "
                 "in kws.export.onnx_export must be updated to match it"
             )
-        self.n_fft, self.hop, self.win = spectrogram.n_fft, spectrogram.hop_length, spectrogram.win_length
-        self.register_buffer("window", spectrogram.window.detach().clone())
-        self.register_buffer("mel_fb", mfcc.MelSpectrogram.mel_scale.fb.detach().clone())  # [bins, n_mels]
+        self.n_fft, self.hop = spectrogram.n_fft, spectrogram.hop_length
+        window = torch.zeros(self.n_fft, dtype=torch.float64)  # torch.stft centres a shorter window
+        left = (self.n_fft - spectrogram.win_length) // 2
+        window[left : left + spectrogram.win_length] = spectrogram.window.detach().double()
+        mel_fb = mfcc.MelSpectrogram.mel_scale.fb.detach()  # [bins, n_mels]
+        try:
+            self.support = so.window_support(window.numpy())
+            self.bins = so.used_bins(mel_fb.numpy())
+        except ValueError as exc:
+            raise ExportError(f"the model's MFCC front end cannot be streamed: {exc}") from None
+        self.pieces = so.frame_pieces(self.n_fft, self.hop, self.support, self.n_fft - self.support + 1)
+        self.half = self.n_fft // 2 - self.support + 1  # samples n = support .. n_fft/2
+        cos, sin = so.dft_bases(self.n_fft, self.support, self.bins)
+        self.register_buffer("window", window[self.support : self.n_fft - self.support + 1].float())
+        self.register_buffer("cos_basis", torch.from_numpy(cos))  # [half, used bins]
+        self.register_buffer("sin_basis", torch.from_numpy(sin))
+        self.register_buffer("mel_fb", mel_fb[self.bins[0] : self.bins[1]].clone())  # [used bins, n_mels]
         # The normalisation folded into the DCT: (log_mel @ dct - mean) / std = log_mel @ (dct / std) + bias.
         std = frontend.std.detach()
         self.register_buffer("dct_scaled", (mfcc.dct_mat.detach() / std).clone())  # [n_mels, n_mfcc]
         self.register_buffer("bias", (-frontend.mean.detach() / std).clone())
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(
-            audio,
-            self.n_fft,
-            self.hop,
-            self.win,
-            self.window,
-            center=False,
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
-        parts = torch.view_as_real(spec).transpose(1, 2)  # [1, k, bins, 2]: ONNX STFT's own layout
-        mel = torch.matmul((parts * parts).sum(-1), self.mel_fb)  # power [1, k, bins] -> [1, k, n_mels]
+        context = self.n_fft - self.hop
+        frames = torch.cat(
+            [audio[:, o : (o - context) or None].reshape(-1, self.hop)[:, c0:c1] for o, c0, c1 in self.pieces], 1
+        ) * self.window  # fmt: skip
+        first = frames[:, : self.half]  # windowed samples n = support .. n_fft/2 of each frame
+        mirror = frames[:, self.half - 1 :].flip(1)  # samples n_fft - n
+        re = torch.matmul(first + mirror, self.cos_basis)
+        im = torch.matmul(first - mirror, self.sin_basis)
+        mel = torch.matmul(re * re + im * im, self.mel_fb)  # power [k, bins] -> [k, n_mels]
         return torch.matmul(torch.log(mel + LOG_MEL_OFFSET), self.dct_scaled) + self.bias
+
+    def basis_nodes(self, prefix: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Nodes computing :attr:`cos_basis` and :attr:`sin_basis` (named ``prefix.cos_basis`` ...) at load."""
+        outputs = (f"{prefix}.cos_basis", f"{prefix}.sin_basis")
+        return so.basis_nodes(f"{prefix}.dft", self.n_fft, self.support, self.bins, outputs)
 
 
 class StreamStep(nn.Module):
@@ -142,19 +161,24 @@ class StreamStep(nn.Module):
         returns: logits ``[lanes, k, n_labels]`` (raw per-frame logits of the new frames; a clip's scores are
             the softmax of their pool over the clip's frames, see ``META_POOLING``), h_out, c_out (shapes of
             h_in, c_in).
+
+    The LSTM runs time-major (a copy of the model's batch-first ``nn.LSTM``, same weights), so the graph
+    needs one transpose, of the logits.
     """
 
     def __init__(self, model: KWSModel) -> None:
         super().__init__()
-        self.model = model
         self.frontend = StreamFrontend(model.frontend)
+        self.lstm = copy.deepcopy(model.lstm)
+        self.lstm.batch_first = False
+        self.head = model.head
 
     def forward(
         self, audio: torch.Tensor, h_in: torch.Tensor, c_in: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = self.frontend(audio).expand(h_in.shape[1], -1, -1)
-        out, (h_out, c_out) = self.model.lstm(feats, (h_in, c_in))
-        return self.model.head(out), h_out, c_out
+        feats = self.frontend(audio).unsqueeze(1).expand(-1, h_in.shape[1], -1)  # [k, lanes, n_mfcc]
+        out, (h_out, c_out) = self.lstm(feats, (h_in, c_in))
+        return self.head(out).transpose(0, 1), h_out, c_out
 
 
 def check_exportable(config: ModelConfig) -> None:
@@ -279,6 +303,7 @@ def _export(
     dynamic_shapes: dict[str, Any],
     input_names: list[str],
     output_names: list[str],
+    translations: Mapping[Any, Any] | None = None,
 ) -> onnx.ModelProto:
     module.eval()
     _reset_lstm_dispatch_cache()
@@ -292,6 +317,7 @@ def _export(
             input_names=input_names,
             output_names=output_names,
             opset_version=ONNX_OPSET,
+            custom_translation_table=dict(translations or {}),
             optimize=True,
             verbose=False,
         )
@@ -344,15 +370,21 @@ def export_stream_model(
         "c_in": {1: lanes},
     }
     states = state_spec(config)  # h, c: the order of StreamStep's arguments and results
+    step = StreamStep(model)
     proto = _export(
-        StreamStep(model),
+        step,
         (audio, h, c),
         dynamic,
         [INPUT_AUDIO, *(s.input for s in states)],
         [OUTPUT_LOGITS, *(s.output for s in states)],
+        {torch.ops.aten.lstm.input: so.lstm_translation},
     )
     proto = _finish(
         proto, {OUTPUT_LOGITS: [LANES_DIM, FRAMES_DIM, config.n_labels], **{s.output: list(s.shape) for s in states}}
     )
+    try:  # the DFT bases are computed when a session loads instead of stored (file size)
+        so.compute_in_graph(proto, *step.frontend.basis_nodes("frontend"))
+    except ValueError as exc:
+        raise ExportError(f"streaming export: {exc}") from None
     set_metadata(proto, model_metadata(features, config, labels, KIND_STREAM, evaluation))
     return proto
