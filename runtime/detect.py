@@ -31,7 +31,7 @@ from kws.runtime.config import (
     frames_for,
     spotter_config,
 )
-from kws.runtime.engine import StreamEngine
+from kws.runtime.engine import MovingMean, StreamEngine
 from kws.runtime.model import ModelInfo, StreamingModel, load_model
 
 
@@ -58,48 +58,27 @@ class Detection:
 class Smoother:
     """Streaming moving average over the last ``window`` frames (fewer at the start of the stream).
 
-    Works on preallocated buffers: the last ``window - 1`` frames followed by the new ones, and their running
-    sums (cumulative sums with a leading zero row, so each window sum is one subtraction).
+    Works on preallocated buffers (:class:`kws.runtime.engine.MovingMean`): the last ``window - 1`` frames
+    followed by the new ones; a call's averages are one MatMul.
     """
 
     def __init__(self, window: int, n_labels: int) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1 frame, got {window}")
+        self._mean = MovingMean(window, n_labels)
         self.window = window
         self.n_labels = n_labels
-        self._frames = np.zeros((window - 1, n_labels), dtype=np.float32)
-        self._sums = np.zeros((1, n_labels), dtype=np.float32)
         self.reset()
 
     def reset(self) -> None:
-        self._frames.fill(0.0)
+        self._mean.reset()
         self._seen = 0
-
-    def _reserve(self, k: int) -> None:
-        rows = self.window - 1 + k
-        if len(self._frames) < rows:
-            frames = np.zeros((rows, self.n_labels), dtype=np.float32)
-            frames[: self.window - 1] = self._frames[: self.window - 1]
-            self._frames = frames
-            self._sums = np.zeros((rows + 1, self.n_labels), dtype=np.float32)
 
     def process(self, scores: np.ndarray) -> np.ndarray:
         """``[k, n_labels]`` posteriors -> ``[k, n_labels]`` averages (a new float32 array)."""
-        k, w = len(scores), self.window
-        if w == 1 or k == 0:
+        k = len(scores)
+        if self.window == 1 or k == 0:
             self._seen += k
             return np.array(scores, dtype=np.float32)
-        self._reserve(k)
-        frames = self._frames[: w - 1 + k]
-        frames[w - 1 :] = scores
-        sums = self._sums[: w + k]  # row 0 stays 0
-        np.cumsum(frames, axis=0, out=sums[1:])
-        out = sums[w:] - sums[:k]
-        if self._seen >= w - 1:
-            out *= np.float32(1.0 / w)
-        else:
-            out /= np.minimum(np.arange(self._seen + 1, self._seen + k + 1), w)[:, None].astype(np.float32)
-        frames[: w - 1] = frames[k:].copy()
+        out = self._mean.mean(self._mean.push(scores[None]), 0, self._seen)
         self._seen += k
         return out
 

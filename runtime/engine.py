@@ -26,6 +26,7 @@ logits (``mean``, :class:`LogitPool`).
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from time import perf_counter
 
 import numpy as np
@@ -43,6 +44,9 @@ INT16_SCALE = np.float32(1.0 / 32768.0)
 MAX_ENGINE_BYTES = 256 << 20
 """The engine's buffers (audio, outputs, states, pooled logits) for a model and settings stay below this:
 a damaged model's metadata combined with extreme settings is refused instead of exhausting memory."""
+
+MAX_CACHED_BANDS = 16
+"""Steady-state moving-average matrices kept (:func:`mean_band`): one per (window, frames per call)."""
 
 
 class StreamEngine:
@@ -98,6 +102,7 @@ class StreamEngine:
             + 2 * self.lanes * self.chunk_frames * n_labels  # bound outputs + onnxruntime's own
             + 3 * self.lanes * per_lane_state  # ping-pong states + a call's new states
             + (self.lanes + 1) * (info.pool_frames + self.chunk_frames) * n_labels * (info.pooling == POOL_MEAN)
+            + 2 * self.chunk_frames * (info.pool_frames + self.chunk_frames) * (info.pooling == POOL_MEAN)  # bands
         )  # fmt: skip
         if 4 * floats > MAX_ENGINE_BYTES:
             raise ConfigError(
@@ -204,10 +209,81 @@ class StreamEngine:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (float32, a new array)."""
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    e /= e.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis (float32, a new array; the ufuncs' own reductions, the cheapest calls)."""
+    e = logits - np.maximum.reduce(logits, axis=-1, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.add.reduce(e, axis=-1, keepdims=True)
     return e
+
+
+def mean_band(window: int, k: int, seen: int) -> np.ndarray:
+    """The matrix of ``k`` moving averages over rows ``[window - 1 + k, n]`` (read-only float32).
+
+    Row ``j`` of ``band @ rows`` is the mean of the last ``min(seen + j + 1, window)`` rows ending at row
+    ``window - 1 + j``: ``seen`` rows of history precede the ``k`` new ones (``seen >= window - 1``: a full
+    window for every row, the steady state, whose matrices are cached), so one MatMul gives every average of
+    a call.
+
+    Args:
+        window: frames averaged (>= 1).
+        k: new frames.
+        seen: frames before the new ones that may be averaged.
+    """
+    if seen >= window - 1:
+        return _full_band(window, k)
+    return _band(window, k, seen)
+
+
+@lru_cache(maxsize=MAX_CACHED_BANDS)
+def _full_band(window: int, k: int) -> np.ndarray:
+    return _band(window, k, window - 1)
+
+
+def _band(window: int, k: int, seen: int) -> np.ndarray:
+    ends = np.arange(window - 1, window - 1 + k)
+    counts = np.minimum(seen + 1 + np.arange(k), window)
+    cols = np.arange(window - 1 + k)
+    inside = (cols >= (ends - counts + 1)[:, None]) & (cols <= ends[:, None])
+    band = (inside / counts[:, None]).astype(np.float32)
+    band.flags.writeable = False
+    return band
+
+
+class MovingMean:
+    """Streaming moving averages over the last ``window`` rows of ``streams`` streams of ``[n]`` vectors.
+
+    Each stream keeps its last ``window - 1`` rows in a preallocated buffer followed by the new ones; the
+    averages of a call are one MatMul with :func:`mean_band` (cached per ``k``) instead of running sums.
+    """
+
+    def __init__(self, window: int, n: int, streams: int = 1) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1 frame, got {window}")
+        self.window, self.n, self.streams = window, n, streams
+        self._rows = np.zeros((streams, window - 1, n), dtype=np.float32)
+
+    def reset(self) -> None:
+        self._rows.fill(0.0)
+
+    def push(self, values: np.ndarray) -> np.ndarray:
+        """Append ``values [streams, k, n]``; return the rows ``[streams, window - 1 + k, n]`` (a view, valid
+        until the next push) that :meth:`mean` averages."""
+        k, w = values.shape[1], self.window
+        if self._rows.shape[1] < w - 1 + k:
+            rows = np.zeros((self.streams, w - 1 + k, self.n), dtype=np.float32)
+            rows[:, : w - 1] = self._rows[:, : w - 1]
+            self._rows = rows
+        rows = self._rows[:, : w - 1 + k]
+        rows[:, w - 1 :] = values
+        return rows
+
+    def mean(self, rows: np.ndarray, stream: int, seen: int) -> np.ndarray:
+        """The ``k`` averages ``[k, n]`` of ``stream`` over the rows of the last :meth:`push`, ``seen`` of its
+        rows before the new ones being valid; then keep the last ``window - 1`` rows for the next call."""
+        k = rows.shape[1] - (self.window - 1)
+        out = mean_band(self.window, k, seen) @ rows[stream]
+        rows[:, : self.window - 1] = rows[:, k:].copy()
+        return out
 
 
 class LogitPool:
@@ -215,17 +291,16 @@ class LogitPool:
 
     A whole-clip model scores a clip by the mean of its frames' logits; a stream scores frame ``t`` the same
     way over the frames ``t - frames + 1 .. t`` of the read lane (fewer if the lane was reset more recently).
-    Every lane's recent logits are kept (``[lanes, frames - 1 + k, n_labels]``, preallocated), because the
-    read lane changes when a lane is reset and the new one needs its own history.
+    Every lane's recent logits are kept (:class:`MovingMean`, one stream per lane), because the read lane
+    changes when a lane is reset and the new one needs its own history.
     """
 
     def __init__(self, lanes: int, frames: int, n_labels: int) -> None:
         self.lanes, self.frames, self.n_labels = lanes, frames, n_labels
-        self._history = np.zeros((lanes, frames - 1, n_labels), dtype=np.float32)
-        self._sums = np.zeros((frames, n_labels), dtype=np.float32)
+        self._mean = MovingMean(frames, n_labels, lanes)
 
     def reset(self) -> None:
-        self._history.fill(0.0)
+        self._mean.reset()
 
     def process(self, logits: np.ndarray, lane: int, context: int) -> np.ndarray:
         """Pooled posteriors ``[k, n_labels]`` of ``lane``.
@@ -235,24 +310,8 @@ class LogitPool:
             lane: the lane to read.
             context: frames ``lane`` has run since its last reset, these ``k`` included.
         """
-        k, w = logits.shape[1], self.frames
-        if self._history.shape[1] < w - 1 + k:
-            history = np.zeros((self.lanes, w - 1 + k, self.n_labels), dtype=np.float32)
-            history[:, : w - 1] = self._history[:, : w - 1]
-            self._history = history
-            self._sums = np.zeros((w + k, self.n_labels), dtype=np.float32)
-        history = self._history[:, : w - 1 + k]
-        history[:, w - 1 :] = logits
-        sums = self._sums[: w + k]  # row 0 stays 0: sums[i] = sum of the first i rows
-        np.cumsum(history[lane], axis=0, out=sums[1:])
-        counts = np.minimum(np.arange(context - k + 1, context + 1), w)
-        if counts[0] == w:
-            pooled = (sums[w:] - sums[:k]) * np.float32(1.0 / w)
-        else:
-            ends = np.arange(w, w + k)
-            pooled = (sums[ends] - sums[ends - counts]) / counts[:, None].astype(np.float32)
-        history[:, : w - 1] = history[:, k:].copy()
-        return softmax(pooled)
+        rows = self._mean.push(logits)
+        return softmax(self._mean.mean(rows, lane, context - logits.shape[1]))
 
 
 def _as_mono(chunk: np.ndarray) -> np.ndarray:

@@ -33,6 +33,11 @@ WAV_UNKNOWN_LENGTH = 0x7FFF0000
 PCM16_BYTES = 2
 """Bytes per sample of raw PCM on stdin (signed 16-bit little-endian)."""
 
+FILE_BLOCK_SECONDS = 1.0
+"""Audio per read of a file processed as fast as possible (not ``realtime``): at least this much, so the
+per-read cost of libsndfile and of the loop stays small next to the model's (the spotter's results do not
+depend on block sizes). A ``realtime`` file is read a chunk at a time, as a microphone delivers it."""
+
 
 class FileSource(AudioSource):
     """An audio file read block by block (WAV/FLAC/OGG, any rate, channel count and bit depth).
@@ -40,7 +45,8 @@ class FileSource(AudioSource):
     Args:
         path: the file.
         sample_rate: model rate (Hz).
-        chunk_seconds: audio per block.
+        chunk_seconds: audio per block when ``realtime``; otherwise blocks hold at least
+            :data:`FILE_BLOCK_SECONDS`.
         realtime: pace the blocks at real-time speed (as a microphone would deliver them).
 
     Raises:
@@ -70,7 +76,8 @@ class FileSource(AudioSource):
             raise
         super().__init__(sample_rate, self._file.samplerate, str(self.path))
         self.realtime = realtime
-        self._block = block_frames(chunk_seconds, self._file.samplerate, self._file.channels)
+        seconds = chunk_seconds if realtime else max(chunk_seconds, FILE_BLOCK_SECONDS)
+        self._block = block_frames(seconds, self._file.samplerate, self._file.channels)
         self._dtype = "int16" if self._file.subtype == "PCM_16" else "float32"
 
     def _check_file(self) -> None:

@@ -73,6 +73,15 @@ class TestSources:
             with pytest.raises(AudioError, match=message):
                 FileSource(tmp_path / name, RATE, 0.1)
 
+    def test_a_file_is_read_in_blocks_of_a_second_unless_paced(self, tmp_path):
+        sf.write(tmp_path / "a.wav", np.zeros(RATE * 5 // 2, np.int16), RATE)
+        with FileSource(tmp_path / "a.wav", RATE, 0.1) as source:
+            assert [len(c) for c in source] == [RATE, RATE, RATE // 2]
+        with FileSource(tmp_path / "a.wav", RATE, 1.5) as source:  # a longer chunk is read as it is
+            assert [len(c) for c in source] == [RATE * 3 // 2, RATE]
+        with FileSource(tmp_path / "a.wav", RATE, 0.5, realtime=True) as source:
+            assert [len(c) for c in source] == [RATE // 2] * 5
+
     def test_realtime_pacing(self, tmp_path):
         sf.write(tmp_path / "a.wav", np.zeros(RATE // 2, np.int16), RATE)
         start = time.monotonic()
