@@ -127,13 +127,15 @@ class VerifierMetadata:
         if meta.get(META_KIND) not in (None, KIND_VERIFIER):
             raise ModelError(f"{source} is a kws {_short(meta[META_KIND])} model, not a verifier "
                              "(make one with `kws teacher --export-verifier`)")  # fmt: skip
-        missing = [k for k in VERIFIER_REQUIRED if k not in meta]
-        if missing:
-            raise ModelError(f"{source} is not a kws verifier: metadata {', '.join(missing)} missing "
-                             "(make one with `kws teacher --export-verifier`)")  # fmt: skip
-        if meta[META_FORMAT] != META_FORMAT_VERSION:
-            raise ModelError(f"{source}: metadata format {_short(meta[META_FORMAT])} is not supported "
-                             f"(this runtime reads format {META_FORMAT_VERSION!r})")  # fmt: skip
+        problem = ""
+        if missing := [k for k in VERIFIER_REQUIRED if k not in meta]:
+            problem = f" is not a kws verifier: metadata {', '.join(missing)} missing"
+        elif (version := meta[META_FORMAT]) != META_FORMAT_VERSION:
+            problem = (
+                f": metadata format {_short(version)} is not supported (this runtime reads {META_FORMAT_VERSION!r})"
+            )
+        if problem:
+            raise ModelError(f"{source}{problem} (make one with `kws teacher --export-verifier`)")
         rate = _integer(source, meta, META_SAMPLE_RATE, MIN_INPUT_RATE, MAX_INPUT_RATE)
         window = _float(source, meta, META_WINDOW_MS, 1.0, MAX_WINDOW_MS)
         limit = round(MAX_WINDOW_MS * rate / 1000)

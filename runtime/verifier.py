@@ -207,26 +207,12 @@ class VerifiedSpotter:
         self.candidates = self.accepted = 0
         self.check_cpu_seconds = self.check_wall_seconds = 0.0
 
-    # the spotter's interface (StreamRunner, kws listen, kws bench use these)
-    @property
-    def engine(self) -> Any:
-        return self.spotter.engine
-
-    @property
-    def info(self) -> Any:
-        return self.spotter.info
-
-    @property
-    def config(self) -> Any:
-        return self.spotter.config
-
-    @property
-    def sample_rate(self) -> int:
-        return self.spotter.sample_rate
-
-    @property
-    def keywords(self) -> tuple[str, ...]:
-        return self.spotter.keywords
+    def __getattr__(self, name: str) -> Any:
+        """The first stage's own attributes (``engine``, ``info``, ``config``, ``sample_rate``, ``keywords``,
+        ``labels``, ``frame_time``, ``audio_seconds``, ``trace``...): StreamRunner, kws listen, kws bench use them."""
+        if name.startswith("_") or name in ("spotter", "verifier"):
+            raise AttributeError(name)
+        return getattr(self.spotter, name)
 
     @property
     def detections(self) -> int:
@@ -237,10 +223,6 @@ class VerifiedSpotter:
     def check_ms(self) -> float:
         """Mean CPU per check (ms)."""
         return MS_PER_S * self.check_cpu_seconds / self.candidates if self.candidates else 0.0
-
-    def trace(self) -> Any:
-        """The first stage's recorded posteriors (:meth:`KeywordSpotter.trace`)."""
-        return self.spotter.trace()
 
     def process(self, chunk: np.ndarray) -> list[Detection]:
         """Consume mono int16 or float32 samples; return the confirmed detections whose window is complete."""

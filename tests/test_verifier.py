@@ -209,3 +209,13 @@ def tiny_exports_labels(model: Path) -> tuple[str, ...]:
     from kws.runtime import load_model
 
     return load_model(model).info.labels
+
+
+def test_the_verifier_path_needs_only_the_base_install() -> None:
+    """kws.runtime.verifier (and kws listen with it) imports neither torch nor onnx."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kws.runtime.verifier, kws.runtime.listen; "
+            "bad = [m for m in ('torch', 'onnx', 'torchaudio') if m in sys.modules]; assert not bad, bad")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -16,6 +16,8 @@ three models) and OUT/det_curve.png (miss rate vs false accepts per hour over a 
    over the held-out negatives, unknown words and noise, each with its own noise, SNR, gain and simulated
    reverberation, streamed chunk by chunk through the same path: false accepts per hour per pass, per keyword,
    on real speech only, and over the sweep (with the stream's recall: the combined DET curve).
+5. With ``--verifier FILE``: both streams also through the second-stage verifier (:mod:`kws.bench.verifier_bench`,
+   the path of ``kws listen --verifier``): recall and false accepts with and without it, CPU per check, latency.
 
 examples:
   kws bench --checkpoint runs/v2/best.pt --data speech_commands_test_set_v0.02 \\
@@ -56,8 +58,10 @@ from kws.bench.report import (
     targets,
     write_output,
 )
-from kws.bench.speed import clip_latencies
-from kws.bench.streaming import build_stream, run_stream
+from kws.bench.speed import BENCH_THREADS, clip_latencies
+from kws.bench.streaming import build_stream, run_stream, verify_mixed_stream
+from kws.bench.verifier_bench import load_verifier, verifier_report
+from kws.bench.verifier_markdown import verifier_lines
 
 __all__ = ["BenchError", "BenchOptions", "add_arguments", "bench", "options_from_args", "run"]
 
@@ -116,6 +120,7 @@ def bench(options: BenchOptions) -> BenchReport:
 
     files = resolve_models(options)
     model_files = check_models(files, labels)
+    verifier = load_verifier(options.verifier, BENCH_THREADS) if options.verifier is not None else None
     stages.done("models")
 
     accuracy = accuracy_reports(model, files, data, labels)
@@ -129,13 +134,18 @@ def bench(options: BenchOptions) -> BenchReport:
         stages.done("stream build")
         streaming = run_stream(options, files, stream)
         stages.done("stream runs and sweep")
+        if verifier is not None:
+            mixed_verified = verify_mixed_stream(options, files, stream, verifier)
+            stages.done("verifier, mixed stream")
     finally:
         if not options.keep_stream:
             stream_path.unlink(missing_ok=True)
-    negative = None
+    negative = negative_verified = None
     if options.negative_hours:
-        negative = run_negative_stream(options, files, prepared, labels, sample_rate, streaming.sweep, out)
+        negative, negative_verified = run_negative_stream(options, files, prepared, labels, sample_rate,
+                                                          streaming.sweep, out, verifier)  # fmt: skip
         stages.done("negative stream")
+    verified = verifier_report(verifier, *mixed_verified, negative_verified) if verifier is not None else None
 
     notes = list(files.notes)
     agreement = accuracy[MODEL_FP32].agreement_with_pytorch
@@ -181,6 +191,7 @@ def bench(options: BenchOptions) -> BenchReport:
         targets=targets(),
         anchors=anchors(),
         negative_stream=negative,
+        verifier=verified,
     )
     plot_accuracy(report, out / "accuracy.png")
     plot_det(report, out / "det_curve.png")
@@ -212,6 +223,9 @@ def run(args: argparse.Namespace) -> int:
             f"{rate(n.total.fa_per_hour)} false accepts/h (95% upper bound {rate(n.total.fa_per_hour_upper95)}); "
             f"real speech only {rate(n.real_speech.fa_per_hour)} in {n.real_speech.hours:.2f} h"
         )
+    if (v := report.verifier) is not None:
+        for line in verifier_lines(v):
+            print(line)
     print(
         f"report: {out / 'bench.md'}\ndata: {out / 'bench.json'}\nplots: {out / 'accuracy.png'}, "
         f"{out / 'det_curve.png'}"

@@ -1,5 +1,8 @@
 """``bench.md``: the human-readable report, one function per section (the negative stream's: in
-:mod:`kws.bench.negative_markdown`); every figure comes from the typed report (:class:`BenchReport`)."""
+:mod:`kws.bench.negative_markdown`); every figure comes from the typed report (:class:`BenchReport`).
+
+(Over 400 lines: one short function per section of one report; the negative stream's and the verifier's are
+in their own modules.)"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from kws.bench.negative_markdown import negative_requirement_rows, negative_stre
 from kws.bench.report import MODEL_FP32, MODEL_INT8, MODEL_STREAM_INT8, MODEL_TORCH, BenchReport
 from kws.bench.scoring import POISSON_CONFIDENCE
 from kws.bench.speed import BENCH_THREADS, LATENCY_WARMUP, MS_PER_S
+from kws.bench.verifier_markdown import verifier_section
 from kws.constants import UNKNOWN_LABEL
 from kws.data.words import ENVELOPE_FRAME_SECONDS, WORD_DB_ABOVE_FLOOR, WORD_DB_BELOW_PEAK, WORD_MAX_INNER_GAP_SECONDS
 from kws.train.evaluate import wilson_interval
@@ -394,7 +398,7 @@ def figures_section(report: BenchReport) -> list[str]:
 SECTIONS = (
     header_section, requirements_section, anchors_section, machine_section, data_section, accuracy_section,
     size_speed_section, stream_section, defaults_section, sweep_section, negative_stream_section,
-    negative_sweep_section, method_section, caveats_section, figures_section,
+    negative_sweep_section, verifier_section, method_section, caveats_section, figures_section,
 )  # fmt: skip
 """The sections of ``bench.md``, in order."""
 

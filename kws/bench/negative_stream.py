@@ -39,9 +39,11 @@ from kws.bench.scoring import SECONDS_PER_HOUR, score_detections
 from kws.bench.speed import BENCH_THREADS
 from kws.bench.streaming import SWEEP_THRESHOLDS, bench_config, stream_noises, unknown_utterances
 from kws.bench.utterances import negative_utterances
+from kws.bench.verifier_bench import VerifiedPass, negative_verifier_stream, verified_pass
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.data.splits import PreparedData
 from kws.runtime.sources import AudioSource
+from kws.runtime.verifier import VerifiedSpotter
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class _PassRun:
     stats: dict[str, Any]
     notes: tuple[str, ...]
     swept: dict[float, Counter[str]]
+    verified: VerifiedPass | None = None
 
 
 def _run_pass(
@@ -134,9 +137,13 @@ def _run_pass(
     blocks = pass_blocks(plan, material, noise, room, sample_rate, options.seed, events)
     found: list[Any] = []
     stats = StreamRunner(spotter, BlockSource(blocks, sample_rate, chunk_seconds, writer), found.append).run()
+    seconds = plan.samples / sample_rate
+    verified = None
+    if isinstance(spotter, VerifiedSpotter):  # --verifier: `found` is what it confirmed; the first stage's own
+        verified = verified_pass(spotter, stats, found, events, seconds, options.tolerance)
+        found = verified.run.candidates
     trace = spotter.trace()
     spotter.reset()
-    seconds = plan.samples / sample_rate
     default = score_detections(found, events, seconds, options.tolerance, config.threshold)
     swept: dict[float, Counter[str]] = {}
     for t in thresholds:
@@ -168,7 +175,7 @@ def _run_pass(
         false_accepts_by_context=default.false_accepts_by_context,
         false_accepts_per_keyword=dict(sorted(keywords.items())),
     )
-    return _PassRun(result, stats.to_dict(), notes, swept)
+    return _PassRun(result, stats.to_dict(), notes, swept, verified)
 
 
 def _sweep_points(
@@ -208,13 +215,19 @@ def run_negative_stream(
     sample_rate: int,
     mixed_sweep: tuple[Any, ...],
     out: Path,
-) -> NegativeStream:
+    verifier: Any = None,
+) -> tuple[NegativeStream, Any]:
     """``options.negative_hours`` hours of non-keyword audio through the live path, scored per pass.
 
     Args:
         mixed_sweep: the mixed stream's sweep (:class:`~kws.bench.report.DetectionFigures` per threshold),
             for the recall and the combined false accepts of each DET point.
         out: the report folder (``--keep-stream`` writes ``NEGATIVE_STREAM_FILE`` there).
+        verifier: a :class:`~kws.runtime.verifier.Verifier` (``--verifier``): each pass runs through the verified
+            path too; the report's figures stay the first stage's, the verifier's come back beside them.
+
+    Returns:
+        the report, and the verifier's figures (:class:`~kws.bench.verification.VerifierStream`; None without).
 
     Raises:
         StreamSetError: no non-keyword material, or a recording that cannot be read.
@@ -231,12 +244,14 @@ def run_negative_stream(
     passes = plan_passes(options.negative_hours, material, len(choices), sample_rate, options.seed, options.snr_db)
     model = load_model(files.stream_int8, BENCH_THREADS)
     config = bench_config(model.info)  # the mixed stream's operating point
-    spotter = KeywordSpotter(model, config, record_scores=True)
+    spotter: Any = KeywordSpotter(model, config, record_scores=True)
+    if verifier is not None:
+        spotter = VerifiedSpotter(spotter, verifier, record_checks=True)
     chunk_seconds = spotter.engine.chunk_frames * spotter.info.hop_samples / sample_rate
     thresholds = sorted(set(SWEEP_THRESHOLDS) | {config.threshold})
     swept: dict[float, Counter[str]] = {t: Counter() for t in thresholds}
     per_keyword: Counter[str] = Counter()
-    results, stats, notes = [], [], []
+    results, stats, notes, verified = [], [], [], []
     kept = out / NEGATIVE_STREAM_FILE if options.keep_stream else None
     writer = sf.SoundFile(str(kept), "w", samplerate=sample_rate, channels=1, subtype="PCM_16") if kept else None
     logger.info("negative stream: %g h in %d passes of %.1f min", options.negative_hours, len(passes),
@@ -250,6 +265,7 @@ def run_negative_stream(
             for t, counts in run.swept.items():
                 swept[t].update(counts)
             per_keyword.update(run.result.false_accepts_per_keyword)
+            verified += [run.verified] if run.verified is not None else []
     finally:
         if writer is not None:
             writer.close()
@@ -266,7 +282,7 @@ def run_negative_stream(
             f"({replay_seconds(material) / 60:.1f} min with its gaps): each pass plays another seeded part of it"
         )
     keyword_names = [x for x in labels if x not in (SILENCE_LABEL, UNKNOWN_LABEL)]
-    return NegativeStream(
+    report = NegativeStream(
         hours_requested=float(options.negative_hours),
         seconds=total_seconds,
         threshold=config.threshold,
@@ -286,3 +302,4 @@ def run_negative_stream(
         kept=str(kept) if kept is not None else None,
         notes=tuple(notes),
     )
+    return report, negative_verifier_stream(verified) if verified else None

@@ -47,6 +47,7 @@ class BenchOptions:
         snr_db: range of the event speech level over the noise bed (dB).
         tolerance: seconds after the end of a word during which its detection is a hit.
         latency_runs: timed runs per single-clip latency.
+        verifier: a second-stage verifier file to measure (None: none).
         out: the report folder.
     """
 
@@ -133,6 +134,15 @@ class BenchOptions:
         False,
         action="store_true",
         help="keep the stream as OUT/stream.wav (and the negative stream as OUT/negative_stream.wav)",
+    )
+    verifier: Path | None = _option(
+        "--verifier",
+        None,
+        type=Path,
+        metavar="ONNX",
+        help="also run both streams through this second-stage verifier (`kws teacher --export-verifier`), as "
+        "`kws listen --verifier` does: recall and false accepts with and without it, CPU per check, added latency "
+        "(default: none)",
     )
     out: Path = _option("--out", type=Path, metavar="DIR", help="report folder (created if missing)")
 

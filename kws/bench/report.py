@@ -26,6 +26,7 @@ from typing import Any
 from kws.bench.events import StreamComposition, StreamEvent
 from kws.bench.negative_report import NegativeStream
 from kws.bench.scoring import MATCH_TOLERANCE_SECONDS
+from kws.bench.verification import VerifierReport
 
 ANCHORS_FILE = "anchors.json"
 """The targets and published anchors, next to this module."""
@@ -287,6 +288,7 @@ class BenchReport:
         accuracy, latency: per model name (:mod:`kws.bench.accuracy`).
         timing_s: seconds per stage, and ``total``.
         negative_stream: ``--negative-hours`` (None without it: then bench.json has no such key).
+        verifier: ``--verifier`` (None without it: then bench.json has no such key).
     """
 
     kws_version: str
@@ -305,13 +307,16 @@ class BenchReport:
     anchors: tuple[Anchor, ...]
     timing_s: dict[str, float] = field(default_factory=dict)
     negative_stream: NegativeStream | None = None
+    verifier: VerifierReport | None = None
 
     def to_json(self) -> str:
         """Strict JSON (NaN and infinities as null), one space of indent, the fields in declaration order
-        (without ``negative_stream`` when there is none: such a report is what it was before the option)."""
+        (without ``negative_stream`` / ``verifier`` when there is none: such a report is what it was before the
+        option)."""
         value = dataclasses.asdict(self)
-        if self.negative_stream is None:
-            del value["negative_stream"]
+        for name in ("negative_stream", "verifier"):
+            if getattr(self, name) is None:
+                del value[name]
         return json.dumps(_finite(value), indent=1)
 
     @classmethod

@@ -199,3 +199,16 @@ def run_stream(options: BenchOptions, files: ModelFiles, stream: StreamSet) -> S
         ),
         tolerance_s=options.tolerance,
     )
+
+
+def verify_mixed_stream(
+    options: BenchOptions, files: ModelFiles, stream: StreamSet, verifier: Any
+) -> tuple[Any, float]:
+    """``--verifier``: the mixed stream once more, through the verified path at the same operating point
+    (:func:`kws.bench.verifier_bench.verify_mixed`)."""
+    from kws.bench.verifier_bench import verify_mixed
+    from kws.runtime import load_model
+
+    model = load_model(files.stream_int8, BENCH_THREADS)
+    logger.info("running the stream through the verified path (%s)", verifier.path.name)
+    return verify_mixed(model, bench_config(model.info), verifier, stream, options.tolerance)

@@ -67,6 +67,10 @@ def run_verified(spotter: Any, verifier: Any, source: Any) -> VerifiedRun:
     return VerifiedRun(checks=tuple(verified.checks), stats=stats.to_dict(), threshold=verifier.threshold)
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
 @dataclass(frozen=True)
 class VerifierPoint:
     """Detection figures with the verifier at one threshold, beside the first stage alone on the same run.
@@ -84,11 +88,11 @@ class VerifierPoint:
 
     @property
     def recall(self) -> float:
-        return self.hits / self.keyword_events if self.keyword_events else math.nan
+        return _ratio(self.hits, self.keyword_events)
 
     @property
     def recall_without(self) -> float:
-        return self.hits_without / self.keyword_events if self.keyword_events else math.nan
+        return _ratio(self.hits_without, self.keyword_events)
 
     @property
     def recall_loss(self) -> float:
@@ -96,15 +100,15 @@ class VerifierPoint:
 
     @property
     def fa_per_hour(self) -> float:
-        return self.false_accepts / self.nonkeyword_hours if self.nonkeyword_hours else math.nan
+        return _ratio(self.false_accepts, self.nonkeyword_hours)
 
     @property
     def fa_per_hour_without(self) -> float:
-        return self.false_accepts_without / self.nonkeyword_hours if self.nonkeyword_hours else math.nan
+        return _ratio(self.false_accepts_without, self.nonkeyword_hours)
 
     @property
     def fa_per_hour_upper95(self) -> float:
-        return poisson_upper(self.false_accepts) / self.nonkeyword_hours if self.nonkeyword_hours else math.nan
+        return _ratio(poisson_upper(self.false_accepts), self.nonkeyword_hours)
 
     @property
     def fa_cut(self) -> float:
