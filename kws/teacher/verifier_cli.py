@@ -45,18 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="write the teacher of --out (teacher.pt) as a verifier file for `kws listen --verifier` "
                         "and exit (needs the embedding files: --embedding-models or the kws[teacher] "
                         "extra)")  # fmt: skip
-    g.add_argument("--verifier-window-ms", type=float, default=DEFAULT_WINDOW_MS, metavar="MS",
-                   help="audio per check (default: %(default)g)")  # fmt: skip
-    g.add_argument("--verifier-window-end-ms", type=float, default=DEFAULT_WINDOW_END_MS, metavar="MS",
-                   help="where that audio ends, after the detection time (default: %(default)g)")  # fmt: skip
-    g.add_argument("--verifier-threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
-                   help="probability of the detected keyword needed to confirm it (default: %(default)g)")  # fmt: skip
+    numbers = (
+        ("--verifier-window-ms", DEFAULT_WINDOW_MS, "MS", "audio per check"),
+        ("--verifier-window-end-ms", DEFAULT_WINDOW_END_MS, "MS", "where that audio ends, after the detection time"),
+        ("--verifier-threshold", DEFAULT_THRESHOLD, "P", "probability of the detected keyword needed to confirm it"),
+        ("--calibration-minutes", CALIBRATION_MINUTES, "M", "length of the --calibrate-with stream"),
+    )
+    for flag, default, metavar, text in numbers:
+        g.add_argument(flag, type=float, default=default, metavar=metavar, help=f"{text} (default: %(default)g)")
     g.add_argument("--calibrate-with", type=Path, metavar="MODEL",
                    help="choose the window and the threshold by measurement with this streaming model on the "
                         "calibration audio of --data (validation split) and --negatives (calibration "
                         "third)")  # fmt: skip
-    g.add_argument("--calibration-minutes", type=float, default=CALIBRATION_MINUTES, metavar="M",
-                   help="length of the calibration stream (default: %(default)g)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
