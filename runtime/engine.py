@@ -48,6 +48,9 @@ a damaged model's metadata combined with extreme settings is refused instead of 
 MAX_CACHED_BANDS = 16
 """Steady-state moving-average matrices kept (:func:`mean_band`): one per (window, frames per call)."""
 
+RING_CALLS = 8
+"""Calls of new rows a :class:`MovingMean` ring holds past its window before moving the window back."""
+
 
 class StreamEngine:
     """Feeds a stream to a :class:`StreamingModel` and returns the read lane's posteriors, frame by frame.
@@ -97,12 +100,13 @@ class StreamEngine:
         info = model.info
         n_labels = len(info.labels)
         per_lane_state = sum(int(np.prod([d for d in s.shape if d != s.shape[s.lane_axis]])) for s in info.states)
+        mean = info.pooling == POOL_MEAN
         floats = (
             self.context + self.chunk_frames * self.hop  # audio buffer
             + 2 * self.lanes * self.chunk_frames * n_labels  # bound outputs + onnxruntime's own
             + 3 * self.lanes * per_lane_state  # ping-pong states + a call's new states
-            + (self.lanes + 1) * (info.pool_frames + self.chunk_frames) * n_labels * (info.pooling == POOL_MEAN)
-            + 2 * self.chunk_frames * (info.pool_frames + self.chunk_frames) * (info.pooling == POOL_MEAN)  # bands
+            + mean * (self.lanes + 1) * (info.pool_frames + RING_CALLS * self.chunk_frames) * n_labels  # rings
+            + mean * 2 * self.chunk_frames * (info.pool_frames + self.chunk_frames)  # moving-average bands
         )  # fmt: skip
         if 4 * floats > MAX_ENGINE_BYTES:
             raise ConfigError(
@@ -252,8 +256,10 @@ def _band(window: int, k: int, seen: int) -> np.ndarray:
 class MovingMean:
     """Streaming moving averages over the last ``window`` rows of ``streams`` streams of ``[n]`` vectors.
 
-    Each stream keeps its last ``window - 1`` rows in a preallocated buffer followed by the new ones; the
-    averages of a call are one MatMul with :func:`mean_band` (cached per ``k``) instead of running sums.
+    The rows live in a preallocated ring of ``window - 1 + RING_CALLS * k`` rows per stream: a call writes
+    its ``k`` new rows after the previous ones and averages the last ``window - 1 + k`` (a view) with one
+    MatMul (:func:`mean_band`, cached per ``k``); only every ``RING_CALLS`` calls are the last ``window - 1``
+    rows moved back to the front.
     """
 
     def __init__(self, window: int, n: int, streams: int = 1) -> None:
@@ -261,29 +267,30 @@ class MovingMean:
             raise ValueError(f"window must be >= 1 frame, got {window}")
         self.window, self.n, self.streams = window, n, streams
         self._rows = np.zeros((streams, window - 1, n), dtype=np.float32)
+        self._end = window - 1  # rows [end - (window - 1), end) are the history
 
     def reset(self) -> None:
         self._rows.fill(0.0)
+        self._end = self.window - 1
 
     def push(self, values: np.ndarray) -> np.ndarray:
         """Append ``values [streams, k, n]``; return the rows ``[streams, window - 1 + k, n]`` (a view, valid
         until the next push) that :meth:`mean` averages."""
         k, w = values.shape[1], self.window
-        if self._rows.shape[1] < w - 1 + k:
-            rows = np.zeros((self.streams, w - 1 + k, self.n), dtype=np.float32)
-            rows[:, : w - 1] = self._rows[:, : w - 1]
-            self._rows = rows
-        rows = self._rows[:, : w - 1 + k]
-        rows[:, w - 1 :] = values
-        return rows
+        if self._end + k > self._rows.shape[1]:
+            history = self._rows[:, self._end - (w - 1) : self._end].copy()
+            if self._rows.shape[1] < w - 1 + k:
+                self._rows = np.zeros((self.streams, w - 1 + RING_CALLS * k, self.n), dtype=np.float32)
+            self._rows[:, : w - 1] = history
+            self._end = w - 1
+        self._rows[:, self._end : self._end + k] = values
+        self._end += k
+        return self._rows[:, self._end - (w - 1 + k) : self._end]
 
     def mean(self, rows: np.ndarray, stream: int, seen: int) -> np.ndarray:
-        """The ``k`` averages ``[k, n]`` of ``stream`` over the rows of the last :meth:`push`, ``seen`` of its
-        rows before the new ones being valid; then keep the last ``window - 1`` rows for the next call."""
-        k = rows.shape[1] - (self.window - 1)
-        out = mean_band(self.window, k, seen) @ rows[stream]
-        rows[:, : self.window - 1] = rows[:, k:].copy()
-        return out
+        """The ``k`` averages ``[k, n]`` of ``stream`` over the rows of the last :meth:`push`, of which the
+        ``seen`` rows before the new ones belong to the stream."""
+        return mean_band(self.window, rows.shape[1] - (self.window - 1), seen) @ rows[stream]
 
 
 class LogitPool:
