@@ -112,7 +112,12 @@ class FeatureConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Stacked LSTM over MFCC frames with a linear classifier on every frame's output; a clip's logits are the
-    mean of its frames' logits (``pooling="mean"``, the default) or the last frame's (``"last"``)."""
+    mean of its frames' logits (``pooling="mean"``, the default) or the last frame's (``"last"``).
+
+    ``unknown_words`` (``kws train --fine-unknowns``): one more classifier output per non-keyword word of the
+    training data; the model's logits stay ``n_labels`` wide, its ``_unknown_`` logit the log-sum-exp of the
+    ``_unknown_`` output and these (:mod:`kws.model.network`). Checkpoints written before it load with ``()``.
+    """
 
     n_inputs: int = 40
     n_labels: int = 12
@@ -122,9 +127,15 @@ class ModelConfig:
     dropout: float = 0.4
     input_dropout: float = 0.1
     pooling: str = POOL_MEAN  # clip logits: "mean" of the per-frame logits, or the "last" frame's
+    unknown_words: tuple[str, ...] = ()  # words with their own output, collapsed into _unknown_ (none: off)
 
     def __post_init__(self) -> None:
         _check(self.pooling in POOLINGS, f"pooling must be {' or '.join(map(repr, POOLINGS))}, got {self.pooling!r}")
+        words = self.unknown_words
+        _check(
+            isinstance(words, tuple) and all(isinstance(w, str) and w for w in words) and len(set(words)) == len(words),
+            "unknown_words must be a tuple of distinct non-empty words",
+        )
         _check(self.n_inputs > 0 and self.n_labels >= 2, "need n_inputs > 0 and n_labels >= 2")
         _check(
             0 < self.hidden_size <= MAX_HIDDEN_SIZE,
@@ -139,6 +150,11 @@ class ModelConfig:
     def output_size(self) -> int:
         """Size of the hidden state h (the LSTM output): ``proj_size`` if set, else ``hidden_size``."""
         return self.proj_size or self.hidden_size
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of the classifier: one per label, then one per unknown word."""
+        return self.n_labels + len(self.unknown_words)
 
 
 @dataclass(frozen=True)
@@ -243,6 +259,8 @@ class TrainConfig:
     distill_weight: float = 0.5  # share of the loss given to the teacher's soft labels
     distill_temperature: float = 2.0  # softmax temperature of both teacher and student in that term
     init_from: str = ""  # a checkpoint whose evaluated weights a new run starts from (fine-tuning; "": none)
+    fine_unknowns: bool = False  # one output per unknown word of the training split (ModelConfig.unknown_words)
+    fine_weight: float = 1.0  # weight of the cross-entropy on those fine outputs, beside the 12-class loss
 
     def __post_init__(self) -> None:
         _check_finite(
@@ -257,7 +275,9 @@ class TrainConfig:
             "class_weight_power",
             "distill_weight",
             "distill_temperature",
+            "fine_weight",
         )
+        _check(0 <= self.fine_weight <= 100, f"fine_weight must be in [0, 100], got {self.fine_weight}")
         _check(0 <= self.class_weight_power <= 1, "class_weight_power must be in [0, 1]")
         _check(0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]")
         _check(0 < self.distill_temperature <= 20, "distill_temperature must be in (0, 20]")

@@ -313,6 +313,7 @@ class Example:
     noise_offset: float = 0.0  # fraction of the noise file at which the slice starts
     noise_gain: float = 1.0
     crop_offset: float = -1.0  # >= 0: a 1 s crop of a longer file, starting at this fraction of it
+    word: str = ""  # the spoken word of a clip file ("" for noise slices and --negatives crops)
 
 
 def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfig, seed: int) -> list[Example]:
@@ -330,11 +331,11 @@ def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfi
         if clip.split != split:
             continue
         if clip.word == SILENCE_LABEL:
-            silence.append(Example(index[SILENCE_LABEL], clip.path, clip.speaker))
+            silence.append(Example(index[SILENCE_LABEL], clip.path, clip.speaker, word=clip.word))
         elif clip.word in index:
-            keyword_examples.append(Example(index[clip.word], clip.path, clip.speaker))
+            keyword_examples.append(Example(index[clip.word], clip.path, clip.speaker, word=clip.word))
         else:
-            unknown.append(Example(index[UNKNOWN_LABEL], clip.path, clip.speaker))
+            unknown.append(Example(index[UNKNOWN_LABEL], clip.path, clip.speaker, word=clip.word))
     n_keywords = len(labels) - 2
     mean_size = len(keyword_examples) / max(n_keywords, 1)
     n_unknown = round(config.unknown_ratio * mean_size)
@@ -362,6 +363,14 @@ def build_split(corpus: Corpus, labels: list[str], split: str, config: DataConfi
     examples = keyword_examples + unknown + silence
     examples.sort(key=lambda e: (e.label, str(e.path), e.noise_index, e.noise_offset))
     return examples
+
+
+def unknown_words(corpus: Corpus, labels: Sequence[str]) -> tuple[str, ...]:
+    """The words of the training split that are not labels, sorted: one model output each with ``kws train
+    --fine-unknowns`` (``ModelConfig.unknown_words``). A 12-class test archive names them in its ``_unknown_``
+    file names (``WORD_SPEAKER_nohash_N.wav``)."""
+    skip = {*labels, SILENCE_LABEL, UNKNOWN_LABEL}
+    return tuple(sorted({c.word for c in corpus.clips if c.split == "train" and c.word not in skip}))
 
 
 def split_summary(examples: list[Example], labels: list[str]) -> dict[str, object]:

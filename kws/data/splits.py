@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kws.config import DataConfig
-from kws.constants import SILENCE_LABEL
+from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
 from kws.data.audio import AudioError, fit_length, float_to_int16, int16_to_float, load_audio
 from kws.data.augment import Augmenter
 from kws.data.cache import CLIPS, FILES, AudioCache, crop, open_cache
@@ -42,6 +42,8 @@ class SplitData:
         speakers: the speaker of each clip.
         paths: the source of each clip (``noise:FILE@OFFSET`` for slices of background noise).
         skipped: files that could not be read.
+        words: the spoken word of each clip ("" for noise slices and ``--negatives`` crops; empty for a split
+            built without them).
     """
 
     audio: np.ndarray | ClipRows
@@ -50,9 +52,29 @@ class SplitData:
     speakers: list[str]
     paths: list[str]
     skipped: list[str] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fine_labels(self, labels: list[str], unknown_words: tuple[str, ...]) -> np.ndarray:
+        """int64 ``[clips]`` targets of the fine outputs (``KWSModel.forward(..., fine=True)``): an ``_unknown_``
+        clip of word ``unknown_words[j]`` gets ``len(labels) + j``; every other clip (keywords, ``_silence_``,
+        ``--negatives`` crops, unknown words not in the list) keeps its label.
+
+        Raises:
+            ValueError: the split has no words (built without them) but ``unknown_words`` is not empty.
+        """
+        out = self.labels.copy()
+        if not unknown_words:
+            return out
+        if len(self.words) != len(self.labels):
+            raise ValueError(f"{len(self.words)} words for {len(self.labels)} clips: the split has no words")
+        index = {word: len(labels) + j for j, word in enumerate(unknown_words)}
+        unknown = labels.index(UNKNOWN_LABEL)
+        for i in np.flatnonzero(self.labels == unknown):
+            out[i] = index.get(self.words[i], unknown)
+        return out
 
     def float_audio(self, index: np.ndarray | slice) -> np.ndarray:
         """float32 ``[n, clip_samples]`` of the selected clips."""
@@ -169,7 +191,7 @@ def load_split(
         lazy: with ``caches``, leave the cached clips in the memory-mapped caches (``audio`` is a
             :class:`~kws.data.clip_rows.ClipRows`) instead of copying them into one array.
     """
-    labels, silence, speakers, paths, skipped = [], [], [], [], []
+    labels, silence, speakers, paths, skipped, words = [], [], [], [], [], []
     sources: dict[int, tuple[int, np.ndarray]] = {}  # id(cache audio) -> (source number, array)
     where: list[tuple[int, int]] = []  # (source, row) of each clip; source -1: ``in_memory``
     in_memory: list[np.ndarray] = []
@@ -209,6 +231,7 @@ def load_split(
         silence.append(ex.path is None or ex.speaker == "noise")
         speakers.append(ex.speaker)
         paths.append(source)
+        words.append(ex.word)
     if skipped:
         logger.warning("%d unreadable file(s) skipped in %s", len(skipped), desc)
     arrays = [array for _, array in sorted(sources.values(), key=lambda item: item[0])]
@@ -225,6 +248,7 @@ def load_split(
         speakers=speakers,
         paths=paths,
         skipped=skipped,
+        words=words,
     )
 
 

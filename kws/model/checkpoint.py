@@ -13,7 +13,9 @@ A checkpoint is a dict saved with ``torch.save``::
 trained weights (``TrainConfig.ema_decay`` > 0, the default), else the trained weights; ``train_model`` holds the
 trained weights themselves (what ``--resume`` continues). Its key is :data:`WEIGHTS_KEY` (``"eval_model"``);
 checkpoints written before it was named so hold the same weights under :data:`LEGACY_WEIGHTS_KEY` (``"model"``,
-e.g. those in ``runs/``). Read it with :func:`checkpoint_weights`, which takes either.
+e.g. those in ``runs/``). Read it with :func:`checkpoint_weights`, which takes either. ``labels`` names the model's
+``n_labels`` logits; a model trained ``--fine-unknowns`` has one more classifier row per ``ModelConfig.unknown_words``
+(saved in its config, so it rebuilds from the file alone).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import torch
 
 from kws import __version__
 from kws.config import RunConfig, from_dict
+from kws.constants import UNKNOWN_LABEL
 from kws.errors import ConfigError, KWSError
 from kws.io import LockBusy, atomic_write, file_lock
-from kws.model.network import KWSModel
+from kws.model.network import UNKNOWN_OUTPUT, KWSModel
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,12 @@ def checkpoint_labels(payload: dict[str, Any], config: RunConfig) -> list[str]:
     if len(labels) != config.model.n_labels or len(set(labels)) != len(labels):
         raise CheckpointError(
             f"checkpoint has {len(labels)} labels for a model of {config.model.n_labels} outputs (or duplicates)"
+        )
+    words = config.model.unknown_words
+    if words and (labels[UNKNOWN_OUTPUT] != UNKNOWN_LABEL or set(words) & set(labels)):
+        raise CheckpointError(
+            f"checkpoint has unknown-word outputs but label {UNKNOWN_OUTPUT} is {labels[UNKNOWN_OUTPUT]!r} "
+            f"(not {UNKNOWN_LABEL}) or a word is also a label"
         )
     return list(labels)
 

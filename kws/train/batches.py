@@ -11,9 +11,12 @@ import numpy as np
 import torch
 
 from kws.config import DataConfig, RunConfig, TrainConfig
+from kws.constants import UNKNOWN_LABEL
 from kws.data.augment import Augmenter
+from kws.data.layout import unknown_words as layout_unknown_words
 from kws.data.splits import AugmentedBatches, PreparedData, SplitData, speech_context_clips
 from kws.errors import KWSError
+from kws.model.network import UNKNOWN_OUTPUT
 from kws.train.distributed import ShardedSampler
 from kws.train.objective import Objective
 
@@ -74,7 +77,31 @@ def make_objective(config: RunConfig, prepared: PreparedData, device: torch.devi
             tc.distill_weight,
             tc.distill_temperature,
         )
-    return Objective(tc, train_data.labels, len(labels), teacher_logits, device)
+    words = config.model.unknown_words
+    fine = train_data.fine_labels(labels, words) if words else None
+    return Objective(tc, train_data.labels, len(labels), teacher_logits, device, fine)
+
+
+def unknown_words(config: RunConfig, prepared: PreparedData) -> tuple[str, ...]:
+    """The unknown words with their own model output (``ModelConfig.unknown_words``): the saved ones (a resumed
+    run, or a config that names them), else with ``--fine-unknowns`` every non-keyword word of the training split
+    (:func:`kws.data.layout.unknown_words`), else none."""
+    words = config.model.unknown_words
+    if not words and config.train.fine_unknowns:
+        words = layout_unknown_words(prepared.corpus, prepared.labels)
+        if not words:
+            logger.warning("--fine-unknowns: the training split has no unknown words; training without them")
+    if words and prepared.labels[UNKNOWN_OUTPUT] != UNKNOWN_LABEL:
+        raise KWSError(f"--fine-unknowns needs {UNKNOWN_LABEL} as label {UNKNOWN_OUTPUT}, got {prepared.labels}")
+    if words:
+        train = prepared.splits["train"]
+        counts = np.bincount(train.fine_labels(prepared.labels, words), minlength=len(prepared.labels) + len(words))
+        logger.info(
+            "fine-grained unknowns: %d words (training clips: %s)",
+            len(words),
+            ", ".join(f"{w} {c}" for w, c in zip(words, counts[len(prepared.labels) :], strict=True)),
+        )
+    return words
 
 
 def make_augmenter(config: RunConfig, prepared: PreparedData) -> Augmenter:

@@ -223,6 +223,19 @@ def option_groups() -> tuple[tuple[str, str | None, tuple[Option, ...]], ...]:
             float,
         ),
         Option(
+            "--fine-unknowns",
+            "give every non-keyword word of the training split its own model output, trained on its word, and "
+            "collapse them into _unknown_ (log-sum-exp) in the 12-class logits that are evaluated and exported",
+            "train.fine_unknowns",
+            action=_StoreTrue,
+        ),
+        Option(
+            "--fine-weight",
+            "weight of the cross-entropy on those word outputs, beside the 12-class loss (default: %(default)s)",
+            "train.fine_weight",
+            float,
+        ),
+        Option(
             "--max-minutes",
             "stop after the epoch that passes this many minutes (default: no limit)",
             "train.max_minutes",

@@ -182,4 +182,5 @@ def concat_splits(parts: Sequence[SplitData]) -> SplitData:
         speakers=[s for p in parts for s in p.speakers],
         paths=[s for p in parts for s in p.paths],
         skipped=[s for p in parts for s in p.skipped],
+        words=[w for p in parts for w in p.words],
     )

@@ -241,7 +241,8 @@ def _train_locked(
     train_data.check_split(prepared, "train", config.data)
     train_data.check_split(prepared, "validation", config.data)
     train_data.log_summary(prepared)
-    config = replace(config, model=replace(config.model, n_labels=len(labels), n_inputs=fc.n_mfcc))
+    words = train_data.unknown_words(config, prepared)  # --fine-unknowns: one output per unknown word
+    config = replace(config, model=replace(config.model, n_labels=len(labels), n_inputs=fc.n_mfcc, unknown_words=words))
 
     model = _new_model(config, device)
     if state is None and tc.init_from:
@@ -377,9 +378,9 @@ def _train_epoch(
             )
             feats = feats * mask.to(device)
         with _autocast(device, precision):
-            frames = run.net(feats)[0][:, -clip_frames:]
-        logits = model.pool(frames.float())
-        loss = objective(logits, y, idx)
+            frames = run.net(feats, fine=True)[0][:, -clip_frames:]  # with unknown words: their outputs too
+        logits, fine = model.pool_fine(frames.float())
+        loss = objective(logits, y, idx, fine)
         total = loss
         if streams is not None:
             rng = step_rng(tc.seed, context.rank, step)

@@ -4,6 +4,8 @@ and the loss of training streams on the runtime's pooled posteriors (:class:`Str
 ``loss = (1 - w) * CE(student, label; class weights) + w * T^2 * KL(teacher_T || student_T)`` over the examples
 that have a teacher row (the others get the hard term alone, at full weight), where ``X_T`` is the softmax of
 logits divided by the temperature ``T`` (Hinton et al. 2015, "Distilling the knowledge in a neural network").
+With unknown-word outputs (``kws train --fine-unknowns``) the loss adds ``fine_weight * CE(fine outputs, word
+target)``: the same label smoothing, each clip weighted by its label's class weight.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Objective:
         teacher_logits: float32 ``[examples, n_labels]`` aligned with the training split, NaN rows where the
             teacher has none; None without a teacher.
         device: where the batches live.
+        fine_labels: int ``[examples]`` targets of the fine outputs (:meth:`kws.data.splits.SplitData.fine_labels`)
+            aligned with the training split; None: no fine term.
     """
 
     def __init__(
@@ -58,8 +62,14 @@ class Objective:
         n_labels: int,
         teacher_logits: np.ndarray | None = None,
         device: torch.device | str = "cpu",
+        fine_labels: np.ndarray | None = None,
     ) -> None:
         self.config = config
+        self.fine = None
+        if fine_labels is not None:
+            if fine_labels.shape != train_labels.shape:
+                raise ValueError(f"fine labels {fine_labels.shape} for {len(train_labels)} examples")
+            self.fine = torch.from_numpy(np.ascontiguousarray(fine_labels, np.int64)).to(device)
         weights = class_weights(train_labels, n_labels, config.class_weight_power)
         self.weights = None if weights is None else torch.from_numpy(weights).to(device)
         if weights is not None:
@@ -70,12 +80,34 @@ class Objective:
                 raise ValueError(f"teacher logits {teacher_logits.shape} for {len(train_labels)} examples")
             self.teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, np.float32)).to(device)
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, index: np.ndarray, fine: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scalar loss of student ``logits [batch, n_labels]`` for ``labels [batch]``.
 
         Args:
             index: int ``[batch]`` positions of the batch's examples in the training split.
+            fine: the pooled fine outputs ``[batch, n_outputs]`` (:meth:`kws.model.network.KWSModel.pool_fine`),
+                scored against the fine labels when the objective has them; None: no fine term.
         """
+        loss = self._labels_loss(logits, labels, index)
+        if self.fine is None or fine is None:
+            return loss
+        return loss + self.config.fine_weight * self._fine_loss(fine, labels, index)
+
+    def _fine_loss(self, fine: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Mean cross-entropy of the fine outputs, weighted by each clip's class weight (if any)."""
+        targets = self.fine[torch.as_tensor(index, device=self.fine.device)]
+        per_example = nn.functional.cross_entropy(
+            fine, targets, label_smoothing=self.config.label_smoothing, reduction="none"
+        )
+        if self.weights is None:
+            return per_example.mean()
+        weights = self.weights[labels]
+        return (weights * per_example).sum() / weights.sum().clamp_min(1e-12)
+
+    def _labels_loss(self, logits: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """The loss on the labels' logits: hard term (class weights) and distillation."""
         cfg = self.config
         per_example = nn.functional.cross_entropy(
             logits, labels, weight=self.weights, label_smoothing=cfg.label_smoothing, reduction="none"

@@ -65,7 +65,7 @@ def check_trainable(config: RunConfig) -> None:
 
 
 INIT_FEATURE_FIELDS = ("sample_rate", "window_ms", "hop_ms", "n_mels", "n_mfcc", "f_min", "f_max", "clip_seconds")
-INIT_MODEL_FIELDS = ("n_inputs", "n_labels", "hidden_size", "num_layers", "proj_size", "pooling")
+INIT_MODEL_FIELDS = ("n_inputs", "n_labels", "hidden_size", "num_layers", "proj_size", "pooling", "unknown_words")
 """What a run started ``--init-from`` a checkpoint must share with it (the weights' shapes and meaning)."""
 
 
