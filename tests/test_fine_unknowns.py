@@ -15,7 +15,6 @@ import torch
 from test_train_reliability import _one_line_error
 
 import kws.train.loop as train_module
-import kws.train.run_folder as run_folder
 from kws.cli import main
 from kws.config import DataConfig, FeatureConfig, ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from kws.data.splits import prepare
@@ -23,6 +22,7 @@ from kws.errors import ConfigError
 from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkpoint, run_config
 from kws.model.network import UNKNOWN_OUTPUT, KWSModel, UnknownWordsHead, collapse_unknowns
 from kws.train.objective import Objective
+from support.interrupt import train_killed_after_epoch_1
 from support.synthetic import OTHER_WORDS, SAMPLE_RATE, synth_word
 from support.tiny import TINY_LABELS, tiny_run_config
 
@@ -178,17 +178,7 @@ def test_fine_run_exports_the_labels(fine_run: Path, full_dataset: Path, tmp_pat
 def test_fine_run_resumes_exactly(full_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     config = _fine_config((str(full_dataset),), epochs=2)
     straight = load_checkpoint(train_module.train(config, tmp_path / "straight").parent / "last.pt")
-    real_save = run_folder.save_checkpoint
-
-    def save_then_die(path: Path, payload: dict) -> None:
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt  # killed right after epoch 1
-
-    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(config, tmp_path / "interrupted")
-    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    train_killed_after_epoch_1(config, tmp_path / "interrupted", monkeypatch)
     assert main(["train", "--resume", "--out", str(tmp_path / "interrupted"), "--fine-unknowns"]) == 0
     resumed = load_checkpoint(tmp_path / "interrupted" / "last.pt")
     assert resumed["epoch"] == straight["epoch"] == 2
