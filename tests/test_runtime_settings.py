@@ -80,7 +80,7 @@ class TestListen:
 
     def test_old_model_announce_is_unchanged(self, old_model, planted_wav, capsys):
         line = self._announce(capsys, old_model, planted_wav)
-        assert line.endswith("; 100 ms per call, 2 lane(s) reset every 2000 ms; thresholds yes=0.7, no=0.7, up=0.7, "
+        assert line.endswith("; 200 ms per call, 2 lane(s) reset every 2000 ms; thresholds yes=0.7, no=0.7, up=0.7, "
                              "down=0.7")  # fmt: skip
 
     def test_announce_says_thresholds_come_from_the_model(self, calibrated, planted_wav, capsys):
