@@ -99,8 +99,8 @@ class Decider:
         self.reset()
 
     def reset(self) -> None:
-        self._armed = np.ones(len(self.thresholds), dtype=bool)
-        self._all_armed = True
+        self._everything = (1 << len(self.thresholds)) - 1  # a bit per label
+        self._armed = self._everything  # labels that may be reported (bit mask)
         self._last: int | None = None
         self._runs = np.zeros(len(self.thresholds), dtype=np.int64)  # frames over threshold so far, per label
 
@@ -121,33 +121,31 @@ class Decider:
         return runs >= self.patience
 
     def process(self, first_frame: int, smoothed: np.ndarray) -> list[tuple[int, int, float]]:
-        """Smoothed ``[k, n_labels]`` of frames ``first_frame...`` -> ``(frame, label index, score)`` hits."""
+        """Smoothed ``[k, n_labels]`` of frames ``first_frame...`` -> ``(frame, label index, score)`` hits.
+
+        The labels over threshold in a frame, and the armed labels, are bit masks (Python ints): the frames
+        of an utterance over threshold cost a few integer operations each, not numpy calls.
+        """
         above = self._over(smoothed)
         if not above.any():  # the usual case: nothing to do but re-arm
-            if not self._all_armed:
-                self._armed.fill(True)
-                self._all_armed = True
+            self._armed = self._everything
             return []
-        active = np.flatnonzero(above.any(axis=1))
-        hits: list[tuple[int, int, float]] = []
-        previous = -1
-        for i in active:  # usually empty: the per-frame loop only runs while something is above threshold
-            if i > previous + 1:
-                self._armed[:] = True  # a frame with everything below threshold re-arms every keyword
-            row = above[i]
-            self._armed |= ~row
-            frame = first_frame + int(i)
-            free = self._last is None or frame - self._last >= self.refractory_frames
-            candidates = row & self._armed
-            if free and candidates.any():
-                best = int(np.argmax(np.where(candidates, smoothed[i], -np.inf)))
-                hits.append((frame, best, float(smoothed[i, best])))
+        packed = np.packbits(above, axis=1, bitorder="little")
+        armed, hits = self._armed, []
+        for i, row in enumerate(int.from_bytes(bytes(r), "little") for r in packed):
+            if not row:  # a frame with everything below threshold re-arms every keyword
+                armed = self._everything
+                continue
+            armed |= self._everything & ~row
+            frame = first_frame + i
+            candidates = row & armed
+            if candidates and (self._last is None or frame - self._last >= self.refractory_frames):
+                scores = smoothed[i]
+                best = max((j for j in range(len(scores)) if candidates >> j & 1), key=lambda j: scores[j])
+                hits.append((frame, best, float(scores[best])))
                 self._last = frame
-            self._armed &= ~row  # reported or suppressed: must fall below threshold before the next report
-            previous = int(i)
-        if previous < len(smoothed) - 1:
-            self._armed[:] = True
-        self._all_armed = bool(self._armed.all())
+            armed &= ~row  # reported or suppressed: must fall below threshold before the next report
+        self._armed = armed
         return hits
 
 
