@@ -1,16 +1,19 @@
 """PyTorch -> ONNX: the whole-clip model and the streaming step, with the MFCC front end inside the graph.
 
-Both graphs come from the dynamo exporter (``torch.onnx.export(..., dynamo=True)``): torchaudio's MFCC becomes
-an ONNX ``STFT`` (``n_fft`` is a power of two) followed by two MatMuls (mel filterbank, DCT), and ``nn.LSTM``
-becomes one ONNX ``LSTM`` per layer. The exported graph is then constant-folded (the exporter reorders the
-LSTM gate weights from PyTorch's ``i,f,g,o`` to ONNX's ``i,o,f,c`` at run time; folding turns them into plain
-initializers, which onnxruntime's quantizer needs), stripped of the exporter's per-node debug metadata
-(stack traces with local paths) and stamped with the kws metadata (:func:`model_metadata`).
+Both graphs come from the dynamo exporter (``torch.onnx.export(..., dynamo=True)``): in the whole-clip model
+torchaudio's MFCC becomes an ONNX ``STFT`` (``n_fft`` is a power of two) followed by two MatMuls (mel
+filterbank, DCT); the streaming step computes the same features with cheaper nodes (:class:`StreamFrontend`).
+``nn.LSTM`` becomes one ONNX ``LSTM`` per layer (the streaming step's through
+:func:`kws.export.stream_ops.lstm_translation`, without the generic reshaping chains). The exported graph is
+then constant-folded (the exporter reorders the LSTM gate weights from PyTorch's ``i,f,g,o`` to ONNX's
+``i,o,f,c`` at run time; folding turns them into plain initializers, which onnxruntime's quantizer needs),
+stripped of the exporter's per-node debug metadata (stack traces with local paths) and stamped with the kws
+metadata (:func:`model_metadata`).
 
 Streaming step, frame alignment: frame ``t`` of a stream covers samples ``[t*hop, t*hop + n_fft)``. A call
 with ``k`` new frames gets ``context + k*hop`` samples (``context = n_fft - hop``): the newest ``k`` hops
-preceded by the ``context`` samples before them, and computes exactly those ``k`` frames with one STFT (frame
-step = hop), so nothing is computed twice.
+preceded by the ``context`` samples before them, and computes exactly those ``k`` frames (frame step = hop),
+so nothing is computed twice.
 """
 
 from __future__ import annotations

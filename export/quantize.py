@@ -75,7 +75,8 @@ def _downstream_of_recurrence(model: onnx.ModelProto) -> set[str]:
 def classifier_nodes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """Names of the LSTM nodes and of the MatMul/Gemm nodes downstream of an LSTM (the classifier head).
 
-    Everything else (STFT, mel and DCT MatMuls, normalisation) is the front end, which stays float. A query:
+    Everything else (STFT or the streaming step's DFT MatMuls, mel and DCT MatMuls, normalisation) is the front
+    end, which stays float. A query:
     the nodes must have names already (:func:`name_nodes`).
     """
     unnamed = sum(not n.name for n in model.graph.node)
@@ -136,7 +137,8 @@ def compress_frontend_weights(model: onnx.ModelProto) -> int:
     """Store the constant right-hand matrices of the front end's MatMuls (mel filterbank, DCT) as float16.
 
     A ``Cast`` back to float32 follows each (onnxruntime folds it when the session loads, so the arithmetic is
-    unchanged and costs nothing per call). float16 rather than int8: the narrow low-frequency mel filters have
+    unchanged and costs nothing per call). The streaming step's DFT bases are computed in the graph (no
+    initializer), so they stay float32. float16 rather than int8: the narrow low-frequency mel filters have
     a few small weights each, and 8-bit steps changed their energies enough to flip a trained model's top-1
     class on ~40% of real test clips (float16: ~1%, the same as float weights with the int8 LSTM).
 
