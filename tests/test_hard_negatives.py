@@ -16,7 +16,6 @@ from test_train_reliability import _one_line_error
 
 import kws.train.hard_negatives as hard
 import kws.train.loop as train_module
-import kws.train.run_folder as run_folder
 from kws.config import FeatureConfig, ModelConfig
 from kws.data.audio import float_to_int16
 from kws.format import POOL_MEAN
@@ -24,6 +23,7 @@ from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint
 from kws.model.network import KWSModel
 from kws.train.objective import pooled_logits
 from kws.train.streams import HARD_AFTER_SECONDS, KIND_NEGATIVE, FrameGrid, step_rng
+from support.interrupt import train_killed_after_epoch_1
 from support.synthetic import SAMPLE_RATE
 
 FEATURES = FeatureConfig()
@@ -120,17 +120,7 @@ def test_a_run_mines_every_epoch_and_resumes_exactly(
     assert [h["hard_fraction"] for h in history] == pytest.approx([0.5, 1.0])
     assert all(h["hard_negatives"] > 0 and h["hard_per_hour"] > 0 for h in history)
 
-    real_save = run_folder.save_checkpoint
-
-    def save_then_die(path: Path, payload: dict) -> None:
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt  # killed right after epoch 1
-
-    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(config, tmp_path / "resumed")
-    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    train_killed_after_epoch_1(config, tmp_path / "resumed", monkeypatch)
     resumed = train_module.train(config, tmp_path / "resumed", resume=True)
     a, b = load_checkpoint(straight.parent / "last.pt"), load_checkpoint(resumed.parent / "last.pt")
     for key in a[WEIGHTS_KEY]:  # mined again from the saved weights: the same spots, the same run
