@@ -53,6 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for flag, default, metavar, text in numbers:
         g.add_argument(flag, type=float, default=default, metavar=metavar, help=f"{text} (default: %(default)g)")
+    g.add_argument("--train-verifier-with", type=Path, metavar="MODEL",
+                   help="first fine-tune the teacher's head for verification: on windows where this streaming "
+                        "model fires (or nearly) in training streams of --data (training split) and --negatives "
+                        "(training half), and on windows of the keywords it should confirm; the head is written "
+                        "beside OUT (OUT.head.pt). With --calibrate-with, only the window given is "
+                        "calibrated")  # fmt: skip
+    from kws.teacher.verifier_train import VerifierTrainConfig
+
+    t = VerifierTrainConfig()
+    training = (
+        ("--verifier-keyword-minutes", t.keyword_minutes, "M", "keyword-rich training streams"),
+        ("--verifier-negative-minutes", t.negative_minutes, "M", "negative-rich training streams"),
+        ("--verifier-first-threshold", t.first_stage_threshold, "P", "the first stage's threshold while collecting"),
+    )
+    for flag, default, metavar, text in training:
+        g.add_argument(flag, type=float, default=default, metavar=metavar, help=f"{text} (default: %(default)g)")
     g.add_argument("--calibrate-with", type=Path, metavar="MODEL",
                    help="choose the window and the threshold by measurement with this streaming model on the "
                         "calibration audio of --data (validation split) and --negatives (calibration "
@@ -66,13 +82,17 @@ def run(args: argparse.Namespace) -> int:
         raise KWSError(f"no teacher at {teacher} (train one with `kws teacher --data ... --out {args.out}`)")
     out = Path(args.export_verifier)
     window, end, threshold = args.verifier_window_ms, args.verifier_window_end_ms, args.verifier_threshold
+    candidates = WINDOW_CANDIDATES
+    if args.train_verifier_with is not None:
+        teacher = train_head_for(args, teacher, out)
+        candidates = ((window, end),)
     export_verifier(teacher, out, embedding_models=args.embedding_models, window_ms=window, window_end_ms=end,
                     threshold=threshold)  # fmt: skip
     if args.calibrate_with is not None:
         if not args.data or not args.negatives:
             raise KWSError("--calibrate-with needs --data (its validation split) and --negatives")
         table, best = calibrate_verifier(out, args.calibrate_with, tuple(args.data), tuple(args.negatives),
-                                         args.calibration_minutes)  # fmt: skip
+                                         args.calibration_minutes, candidates)  # fmt: skip
         for line in format_table(table, best):
             print(f"{PROG}: {line}")
         window, end, threshold = best["window_ms"], best["window_end_ms"], best["threshold"]
@@ -86,9 +106,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_head_for(args: argparse.Namespace, teacher: Path, out: Path) -> Path:
+    """``--train-verifier-with``: the teacher's head fine-tuned for verification (:mod:`kws.teacher.verifier_train`),
+    written to ``OUT.head.pt``; returns that file."""
+    import dataclasses
+
+    from kws.teacher.build import student_configs
+    from kws.teacher.verifier_train import VerifierTrainConfig, train_verifier_head
+
+    if not args.data or not args.negatives:
+        raise KWSError("--train-verifier-with needs --data (its training split) and --negatives (training half)")
+    data_config, _ = student_configs(args)
+    config = dataclasses.replace(VerifierTrainConfig(), keyword_minutes=args.verifier_keyword_minutes,
+                                 negative_minutes=args.verifier_negative_minutes,
+                                 first_stage_threshold=args.verifier_first_threshold, seed=args.seed)  # fmt: skip
+    head = train_verifier_head(teacher, args.train_verifier_with, data_config, out.with_name(out.stem + ".head.pt"),
+                               window_ms=args.verifier_window_ms, window_end_ms=args.verifier_window_end_ms,
+                               config=config, embedding_models=args.embedding_models,
+                               threads=max(args.threads, 1))  # fmt: skip
+    print(f"{PROG}: verifier head trained for verification: {head}")
+    return head
+
+
 def calibrate_verifier(
     verifier_path: Path, model_path: Path, data: tuple[str, ...], negatives: tuple[str, ...],
-    minutes: float = CALIBRATION_MINUTES,
+    minutes: float = CALIBRATION_MINUTES, candidates: tuple[tuple[float, float], ...] = WINDOW_CANDIDATES,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """Every window candidate's best threshold on the calibration stream, and the chosen one.
 
@@ -109,7 +151,7 @@ def calibrate_verifier(
     with tempfile.TemporaryDirectory(prefix="kws-verifier-") as folder:
         stream = build_calibration_stream(options, model.info.keywords, model.info.sample_rate,
                                           Path(folder) / "stream.wav")  # fmt: skip
-        for window, end in WINDOW_CANDIDATES:
+        for window, end in candidates:
             verifier = Verifier(verifier_path, window_ms=window, window_end_ms=end)
             spotter = KeywordSpotter(model, config)
             chunk = spotter.engine.chunk_frames * spotter.info.hop_samples / spotter.sample_rate

@@ -177,6 +177,15 @@ def build_verifier_proto(
     return model
 
 
+def _summary(training: Mapping[str, Any]) -> dict[str, Any]:
+    """How the head was trained for verification (:mod:`kws.teacher.verifier_train`), without the per-epoch
+    history (its length and best held-out loss instead)."""
+    history = training.get("history", [])
+    losses = [h["holdout_loss"] for h in history if h.get("holdout_loss") == h.get("holdout_loss")]
+    return {**{k: v for k, v in training.items() if k != "history"}, "epochs_run": len(history),
+            "best_holdout_loss": min(losses) if losses else None}  # fmt: skip
+
+
 def export_verifier(
     teacher_path: str | Path, out: str | Path, *, embedding_models: str | Path | None = None,
     window_ms: float = DEFAULT_WINDOW_MS, window_end_ms: float = DEFAULT_WINDOW_END_MS,
@@ -226,6 +235,8 @@ def export_verifier(
             "embedding_models": payload.get("embedding_models", {}),
             "accuracy": {k: {"accuracy": r.get("accuracy"), "ci95": r.get("accuracy_ci95"), "clips": r.get("clips")}
                          for k, r in reports.items()},
+            **({"verifier_training": _summary(payload["verifier_training"])} if "verifier_training" in payload
+               else {}),
         },
     )  # fmt: skip
     for key, value in meta.to_props().items():
