@@ -276,6 +276,10 @@ class KeywordSpotter:
         self._recorded.clear()
         self.detections = 0
 
+    def clear_trace(self) -> None:
+        """Drop the recorded posteriors; the stream goes on (state, buffers and frame counter are kept)."""
+        self._recorded.clear()
+
     def trace(self) -> ScoreTrace:
         """The recorded posteriors (needs ``record_scores=True``)."""
         if not self.record_scores:

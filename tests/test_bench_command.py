@@ -273,6 +273,28 @@ class TestNegativeStream:
         assert "### Threshold sweep with the negative stream" in md
 
 
+@pytest.fixture(scope="module")
+def carried_run(tiny_checkpoint, models, full_dataset, negatives, tmp_path_factory) -> SimpleNamespace:
+    out = tmp_path_factory.mktemp("bench_negative_carried")
+    extra = ("--negative-hours", f"{NEGATIVE_HOURS:g}", "--carry-state")
+    return SimpleNamespace(out=out, report=_bench(tiny_checkpoint, models, full_dataset, negatives, out, *extra))
+
+
+@needs_training_stack
+def test_carry_state_runs_the_passes_as_one_stream(negative_run, carried_run) -> None:
+    """--carry-state: the same passes, never reset (the drift check): pass 0 is the same, later passes start
+    from the state the previous one left, and the report says so."""
+    fresh, carried = negative_run.report["negative_stream"], carried_run.report["negative_stream"]
+    assert carried["carried"] is True and fresh["carried"] is False
+    assert [p["seconds"] for p in carried["passes"]] == [p["seconds"] for p in fresh["passes"]]
+    assert carried["stats"]["audio_seconds"] == pytest.approx(NEGATIVE_HOURS * 3600)
+    states = [p["state_max_abs"] for p in carried["passes"]]
+    assert all(np.isfinite(states)) and states[0] == fresh["passes"][0]["state_max_abs"]
+    assert carried["passes"][0]["total"] == fresh["passes"][0]["total"]
+    assert states[1:] != [p["state_max_abs"] for p in fresh["passes"][1:]], "later passes carry the state"
+    assert "`--carry-state`" in (carried_run.out / "bench.md").read_text()
+
+
 @needs_training_stack
 class TestFiguresAreMeasured:
     """Every figure follows from what was measured: counts give the rates, the files give the sizes, and a

@@ -43,7 +43,7 @@ FULL_ARGV = [
     "--checkpoint", "r/b.pt", "--models", "m", "--name", "x", "--data", "A", "--split", "validation",
     "--split-mode", "official", "--negatives", "N", "M", "--stream-minutes", "0.5", "--negative-hours", "6",
     "--snr-db", "3", "7.5", "--tolerance", "0.25", "--seed", "4", "--latency-runs", "5", "--keep-stream",
-    "--verifier", "v.onnx", "--out", "o d",
+    "--verifier", "v.onnx", "--out", "o d", "--carry-state",
 ]  # fmt: skip
 
 
@@ -71,7 +71,7 @@ class TestOptions:
         assert options.command() == (
             "kws bench --checkpoint r/b.pt --models m --name x --data A --split validation --split-mode official "
             "--negatives N M --stream-minutes 0.5 --negative-hours 6 --snr-db 3 7.5 --tolerance 0.25 --seed 4 "
-            "--latency-runs 5 --verifier v.onnx --out 'o d' --keep-stream"
+            "--latency-runs 5 --verifier v.onnx --out 'o d' --carry-state --keep-stream"
         )
 
     def test_the_command_line_parses_back_to_the_options(self) -> None:
@@ -92,6 +92,8 @@ class TestOptions:
             ({"tolerance": -1.0}, "--tolerance"),
             ({"latency_runs": 0}, "--latency-runs"),
             ({"negatives": (Path("/nonexistent/negatives"),)}, "does not exist"),
+            ({"carry_state": True}, "--carry-state needs --negative-hours"),
+            ({"carry_state": True, "negative_hours": 1.0, "verifier": Path("v.onnx")}, "cannot be combined"),
         ],
     )
     def test_validation(self, change: dict, message: str) -> None:

@@ -48,6 +48,8 @@ class NegativePass:
             their duration.
         false_accepts_by_context: false accepts by where they happened (``negative``, ``unknown``, ``noise``).
         false_accepts_per_keyword: false accepts by the keyword reported.
+        state_max_abs: the largest absolute value in the LSTM states at the end of the pass (None in reports
+            written before it was recorded): a state that drifts over hours grows here.
     """
 
     index: int
@@ -64,6 +66,7 @@ class NegativePass:
     real_speech: FalseAccepts
     false_accepts_by_context: dict[str, int]
     false_accepts_per_keyword: dict[str, int]
+    state_max_abs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class NegativeStream:
             while streaming, including making the audio; ``model_seconds``: inside onnxruntime; ...).
         wall_seconds: wall time of the whole negative stream: making the audio, the runs and the sweep (s).
         kept: the stream as a WAV file (``--keep-stream``), else None.
+        carried: the spotter was never reset between passes (``--carry-state``): one stream of H hours.
     """
 
     hours_requested: float
@@ -126,3 +130,4 @@ class NegativeStream:
     wall_seconds: float
     kept: str | None = None
     notes: tuple[str, ...] = ()
+    carried: bool = False

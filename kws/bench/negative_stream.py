@@ -3,8 +3,9 @@ the live path, pass by pass, and its false accepts at the shipped defaults and o
 
 Each pass is produced slot by slot and fed chunk by chunk (the chunks ``kws listen --input`` reads) to one
 :class:`~kws.runtime.detect.KeywordSpotter` through :class:`~kws.runtime.stream.StreamRunner`, the runtime's
-own loop; the spotter is reset between passes (each pass is a stream of its own). The pass's recorded score
-trace gives the sweep (``detections_from_scores``), then is dropped: memory is bounded by one pass
+own loop; the spotter is reset between passes (each pass is a stream of its own), unless ``--carry-state``:
+then nothing is ever reset and the passes are one stream of H hours (each pass scored on its own times). The
+pass's recorded score trace gives the sweep (``detections_from_scores``), then is dropped: memory is bounded by one pass
 (``PASS_SECONDS_MAX``), not by H. Nothing is written to disk unless ``--keep-stream``.
 """
 
@@ -128,10 +129,12 @@ def _run_pass(
     writer: Any,
 ) -> _PassRun:
     """Stream one pass through ``spotter`` (the live path, recording the scores), score it at the spotter's
-    threshold and at every threshold of the sweep, and reset the spotter."""
+    threshold and at every threshold of the sweep, and reset the spotter (``--carry-state``: only drop its
+    recorded scores; the pass's detection and score times are taken from where the pass began)."""
     from kws.runtime import StreamRunner, detections_from_scores
 
     config, sample_rate = spotter.config, spotter.sample_rate
+    began = spotter.audio_seconds if options.carry_state else 0.0  # where this pass starts in the spotter's stream
     events: list[StreamEvent] = []
     room = pass_room(plan, sample_rate, options.seed)
     blocks = pass_blocks(plan, material, noise, room, sample_rate, options.seed, events)
@@ -143,7 +146,13 @@ def _run_pass(
         verified = verified_pass(spotter, stats, found, events, seconds, options.tolerance)
         found = verified.run.candidates
     trace = spotter.trace()
-    spotter.reset()
+    state_max_abs = max(float(np.abs(state).max()) for state in spotter.engine.states)
+    if options.carry_state:
+        found = [dataclasses.replace(d, time=d.time - began) for d in found]
+        trace = dataclasses.replace(trace, times=trace.times - began)
+        spotter.clear_trace()
+    else:
+        spotter.reset()
     default = score_detections(found, events, seconds, options.tolerance, config.threshold)
     swept: dict[float, Counter[str]] = {}
     for t in thresholds:
@@ -153,8 +162,8 @@ def _run_pass(
             again = detections_from_scores(trace, dataclasses.replace(config, threshold=t))
             s = score_detections(again, events, seconds, options.tolerance, t)
         swept[t] = Counter(total=s.false_accepts, real=s.false_accepts_by_context.get(KIND_NEGATIVE, 0))
-    replay = detections_from_scores(trace, config)
-    same = [(d.frame, d.keyword) for d in replay] == [(d.frame, d.keyword) for d in found]
+    replay = detections_from_scores(trace, config)  # carried: smoothing and refractory start afresh at the pass
+    same = [(round(d.time, 6), d.keyword) for d in replay] == [(round(d.time, 6), d.keyword) for d in found]
     notes = () if same else (f"pass {plan.index}: the score-trace replay does not reproduce the live detections",)
     keywords = {k: int(v["false_accepts"]) for k, v in default.per_keyword.items() if v["false_accepts"]}
     real = default.false_accepts_by_context.get(KIND_NEGATIVE, 0)
@@ -174,6 +183,7 @@ def _run_pass(
         real_speech=FalseAccepts.of(real, _seconds_of(events, KIND_NEGATIVE)),
         false_accepts_by_context=default.false_accepts_by_context,
         false_accepts_per_keyword=dict(sorted(keywords.items())),
+        state_max_abs=state_max_abs,
     )
     return _PassRun(result, stats.to_dict(), notes, swept, verified)
 
@@ -301,5 +311,6 @@ def run_negative_stream(
         wall_seconds=time.perf_counter() - started,
         kept=str(kept) if kept is not None else None,
         notes=tuple(notes),
+        carried=options.carry_state,
     )
     return report, negative_verifier_stream(verified) if verified else None

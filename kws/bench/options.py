@@ -106,6 +106,14 @@ class BenchOptions:
         "split's unknown words and noise, each with other noise, SNR, gain and simulated reverberation, "
         "streamed chunk by chunk, never written to disk unless --keep-stream (default: none)",
     )
+    carry_state: bool = _option(
+        "--carry-state",
+        False,
+        action="store_true",
+        help="negative stream: never reset the spotter between passes, so its LSTM state (and every buffer) is "
+        "carried through all H hours as one stream; shows whether the state drifts (default: each pass starts "
+        "fresh)",
+    )
     snr_db: tuple[float, float] = _option(
         "--snr-db",
         SNR_DB,
@@ -168,6 +176,10 @@ class BenchOptions:
             raise BenchError(f"--stream-minutes must be positive, got {self.stream_minutes:g}")
         if self.negative_hours is not None and not 0 <= self.negative_hours < math.inf:
             raise BenchError(f"--negative-hours must be >= 0, got {self.negative_hours:g}")
+        if self.carry_state and not self.negative_hours:
+            raise BenchError("--carry-state needs --negative-hours")
+        if self.carry_state and self.verifier is not None:
+            raise BenchError("--carry-state and --verifier cannot be combined: run them as two benches")
         if not self.snr_db[0] <= self.snr_db[1]:
             raise BenchError(f"--snr-db needs LOW <= HIGH, got {self.snr_db[0]:g} {self.snr_db[1]:g}")
         if self.tolerance < 0 or self.latency_runs < 1:
