@@ -81,10 +81,16 @@ def test_head_trained_on_first_stage_windows_and_exported(
     embedding_models,
     tiny_exports,
     full_dataset,
-    negatives,
-    tmp_path,  # noqa: F811 (the fixture)
+    negatives,  # noqa: F811 (the fixture)
+    tmp_path,
 ) -> None:
     teacher = make_teacher(tmp_path / "teacher")
+    rng = np.random.default_rng(0)  # the teacher's cache (kws.teacher.cache): 20 clips, 2 augmented views
+    targets = rng.integers(0, len(LABELS), 20)
+    np.savez(teacher.parent / "embeddings.npz", train=rng.standard_normal((20, 16, 96)).astype(np.float16))
+    np.savez(teacher.parent / "train_views.npz", train_views=rng.standard_normal((2, 20, 16, 96)).astype(np.float16))
+    np.savez(teacher.parent / "soft_labels.npz", labels=np.asarray(LABELS), targets=targets,
+             splits=np.asarray(["train"] * 20))  # fmt: skip
     data = DataConfig(roots=(str(full_dataset),), negatives=(str(negatives),), labels="yes,no,up,down")
     config = VerifierTrainConfig(keyword_minutes=1.5, negative_minutes=1.0, stream_seconds=15.0, epochs=8,
                                  patience=8, holdout=0.3)  # fmt: skip
@@ -94,7 +100,8 @@ def test_head_trained_on_first_stage_windows_and_exported(
     training = payload["verifier_training"]
     assert labels == LABELS and training["window_ms"] == 1300 and training["data"]["negatives_part"] == "train"
     assert training["windows"][KIND_HIT] > 0 and training["windows"][KIND_UNKNOWN_CLIP] > 0
-    assert len(training["history"]) >= 1 and training["config"]["first_stage_threshold"] == 0.3
+    assert len(training["history"]) >= 1 and training["config"]["first_stage_threshold"] == 0.2
+    assert training["teacher_clips"] == 60, "the teacher's clean clips and both views"
     original, _, _, _ = load_teacher(teacher)
     assert any(not torch.equal(a, b) for a, b in zip(head.state_dict().values(), original.state_dict().values(),
                                                      strict=True)), "the head was fine-tuned"  # fmt: skip
