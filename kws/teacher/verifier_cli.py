@@ -5,6 +5,9 @@ examples:
   kws teacher --out runs/teacher --export-verifier verifier.onnx        # the settings given (or the defaults)
   kws teacher --out runs/teacher --export-verifier verifier.onnx --calibrate-with kws.stream.int8.onnx \\
       --data speech_commands_v0.02 --negatives wake_word_negatives
+  kws teacher --out runs/teacher --export-verifier verifier.onnx --train-verifier-with kws.stream.int8.onnx \\
+      --calibrate-with kws.stream.int8.onnx --verifier-window-ms 1300 --verifier-window-end-ms 100 \\
+      --data speech_commands_v0.02 --negatives wake_word_negatives     # the head trained for the job first
 
 With ``--calibrate-with MODEL`` the window (length and end) and the threshold are chosen on the same audio
 ``kws calibrate`` uses (:func:`kws.export.calibrate.build_calibration_stream`: the data's ``validation`` split and
@@ -13,6 +16,10 @@ the calibration third of the negatives; never the streams ``kws bench`` reports 
 :mod:`kws.bench.verification`), and the chosen candidate and threshold are those that remove the most false
 accepts for at most 1 point of recall (ties: the earlier window end, i.e. less latency, then the shorter
 window). The table of every candidate is printed and written beside the file (``OUT.calibration.json``).
+
+With ``--train-verifier-with MODEL`` the teacher's head is first fine-tuned on windows where ``MODEL`` fires in
+training streams (:mod:`kws.teacher.verifier_train`; written as ``OUT.head.pt``) and exported from there; the head
+is trained for the window given, so ``--calibrate-with`` then chooses only its threshold.
 """
 
 from __future__ import annotations
