@@ -239,6 +239,8 @@ class KeywordSpotter:
                                frames_for(self.config.refractory_ms, info.hop_ms), self.config.patience)  # fmt: skip
         self.record_scores = record_scores
         self._recorded: list[tuple[np.ndarray, np.ndarray]] = []
+        self._trace_start = 0  # the stream frame the recorded posteriors start at
+        self._next_frame = 0
         self.detections = 0
 
     @property
@@ -274,11 +276,14 @@ class KeywordSpotter:
         self.smoother.reset()
         self.decider.reset()
         self._recorded.clear()
+        self._trace_start = self._next_frame = 0
         self.detections = 0
 
     def clear_trace(self) -> None:
-        """Drop the recorded posteriors; the stream goes on (state, buffers and frame counter are kept)."""
+        """Drop the recorded posteriors; the stream goes on (state, buffers and frame counter are kept): the next
+        :meth:`trace` starts at the next frame, its times still counted from the stream start."""
         self._recorded.clear()
+        self._trace_start = self._next_frame
 
     def trace(self) -> ScoreTrace:
         """The recorded posteriors (needs ``record_scores=True``)."""
@@ -287,7 +292,7 @@ class KeywordSpotter:
         empty = np.zeros((0, len(self.labels)), np.float32)
         raw = np.concatenate([empty, *(r for r, _ in self._recorded)])
         smoothed = np.concatenate([empty, *(s for _, s in self._recorded)])
-        times = self.frame_time(np.arange(len(raw)))
+        times = self.frame_time(self._trace_start + np.arange(len(raw)))
         return ScoreTrace(labels=self.labels, times=times, raw=raw, smoothed=smoothed, config=self.config,
                           hop_ms=self.model.info.hop_ms)  # fmt: skip
 
@@ -295,6 +300,7 @@ class KeywordSpotter:
         detections: list[Detection] = []
         for first, scores in blocks:
             smoothed = self.smoother.process(scores)
+            self._next_frame = first + len(scores)
             if self.record_scores:
                 self._recorded.append((scores.copy(), smoothed))
             for frame, label, score in self.decider.process(first, smoothed):

@@ -116,6 +116,27 @@ class TestDetection:
             live, _ = detect_audio(model, audio, config=config)
             assert detections_from_scores(trace, config) == live, config
 
+    def test_clear_trace_keeps_the_stream_going(self, model):
+        """clear_trace drops the recorded scores only: the next trace is the rest of the same stream, on its
+        times, and equals the whole stream's trace from there."""
+        audio = plant(6.5, STANDARD_EVENTS)
+        pcm = np.round(audio * 32767).astype(np.int16)
+        whole = KeywordSpotter(model, record_scores=True)
+        whole.process(pcm)
+        whole.flush()
+        reference = whole.trace()
+        split = KeywordSpotter(model, record_scores=True)
+        split.process(pcm[: 3 * SAMPLE_RATE])
+        kept = len(split.trace().times)
+        split.clear_trace()
+        split.process(pcm[3 * SAMPLE_RATE :])
+        split.flush()
+        rest = split.trace()
+        np.testing.assert_array_equal(rest.times, reference.times[kept:])
+        np.testing.assert_array_equal(rest.raw, reference.raw[kept:])
+        split.reset()
+        assert len(split.trace().times) == 0
+
     def test_long_streams_keep_detecting(self, model):
         """Two minutes of background with a keyword every 7.3 s: every one found, nothing else."""
         rng = np.random.default_rng(5)
