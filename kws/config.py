@@ -385,6 +385,11 @@ class TeacherConfig:
         epochs: most training epochs; patience: stop after this many epochs without a better validation score.
         batch_size, lr, weight_decay: AdamW settings; label_smoothing: of the cross-entropy.
         seed: head initialisation, batch order and augmentation.
+        soft_label_folds: 0 (or 1): the training clips' soft labels come from the head trained on them; K >= 2:
+            out of fold: the training speakers are split into K folds (by a stable hash of the speaker), and
+            each fold's soft labels come from a head trained on the other folds, so that they carry the
+            teacher's real uncertainty instead of nearly the hard labels (validation and test still use the
+            head trained on everything).
     """
 
     pad_seconds: float = 0.5
@@ -399,8 +404,10 @@ class TeacherConfig:
     weight_decay: float = 1e-2
     label_smoothing: float = 0.0
     seed: int = 0
+    soft_label_folds: int = 0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.soft_label_folds <= 20, f"soft-label folds must be in 0..20, got {self.soft_label_folds}")
         _check(
             self.pooling in TEACHER_POOLINGS,
             f"pooling must be 'mean-max', 'attention' or 'flatten', got {self.pooling!r}",

@@ -4,6 +4,7 @@ it learns the synthetic words, caches and reuses its work, aligns soft labels by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -271,3 +272,40 @@ def test_installed_package_files_are_found_without_importing_it() -> None:
         pytest.skip("openwakeword is not installed (the optional kws[teacher] extra)")
     assert (folder / embedding.MEL_FILE).is_file() and (folder / embedding.EMBEDDING_FILE).is_file()
     assert "openwakeword" not in sys.modules
+
+
+def test_out_of_fold_soft_labels(built, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--soft-label-folds K: each training clip's soft label comes from a head that never saw its speaker;
+    validation and test keep the head trained on everything."""
+    from kws.teacher.head import speaker_folds
+
+    _, _, data_config, config = built
+    sizes = []
+    real_train = teacher.train_head
+
+    def recording(cfg, n_labels, x, y, *rest):
+        sizes.append(len(x))
+        return real_train(cfg, n_labels, x, y, *rest)
+
+    monkeypatch.setattr(teacher, "train_head", recording)
+    import kws.teacher.head as head_module
+
+    monkeypatch.setattr(head_module, "train_head", recording)
+    folds = 3
+    oof = dataclasses.replace(config, soft_label_folds=folds)
+    teacher.build_teacher(data_config, oof, tmp_path, embedding_models=models, threads=1)
+    sizes_oof, sizes[:] = list(sizes), []
+    teacher.build_teacher(data_config, config, tmp_path / "plain", embedding_models=models, threads=1)
+    train = prepare(data_config, SR, SR, 0, ("train",)).splits["train"]
+    fold = speaker_folds(train.speakers, folds)
+    for speaker in set(train.speakers):  # a speaker's clips share one fold
+        assert len({int(f) for f, s in zip(fold, train.speakers, strict=True) if s == speaker}) == 1
+    held_out_sizes = sorted(int((fold != k).sum()) for k in range(folds) if 0 < (fold == k).sum() < len(fold))
+    assert sizes_oof[0] == len(train) and sorted(sizes_oof[1:]) == held_out_sizes, "fold heads never see their fold"
+    assert sizes == [len(train)], "without folds: the one head"
+    plain = tmp_path / "plain" / teacher_cache.SOFT_LABELS
+    with np.load(tmp_path / teacher_cache.SOFT_LABELS) as a, np.load(plain) as b:
+        train_rows, other_rows = a["splits"] == "train", a["splits"] != "train"
+        assert np.isfinite(a["logits"]).all()
+        assert not np.allclose(a["logits"][train_rows], b["logits"][train_rows])
+        np.testing.assert_allclose(a["logits"][other_rows], b["logits"][other_rows], rtol=1e-5, atol=1e-5)

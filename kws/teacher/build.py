@@ -46,7 +46,7 @@ from kws.io import atomic_write, ensure_writable_dir
 from kws.model.checkpoint import load_versioned
 from kws.teacher.cache import SOFT_LABELS, compute_embeddings, digest, embedding_key, load_npz, save_npz
 from kws.teacher.embedding import EMBEDDING_FILE, MEL_FILE, SAMPLE_RATE, SpeechEmbedding
-from kws.teacher.head import TeacherHead, head_logits, train_head
+from kws.teacher.head import TeacherHead, head_logits, out_of_fold_logits, train_head
 from kws.train.evaluate import accuracy, format_report, split_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,14 @@ def build_teacher(
     head, history = train_head(config, len(labels), train_x, train_y, embeddings["validation"], val.labels)
 
     logits = {name: head_logits(head, embeddings[name]) for name in SPLITS}
+    if config.soft_label_folds >= 2:  # the training clips' soft labels out of fold (TeacherConfig)
+        views = embeddings.get("train_views")
+        oof = out_of_fold_logits(config, len(labels), embeddings["train"], train.labels, train.speakers, views,
+                                 embeddings["validation"], val.labels)  # fmt: skip
+        missing = np.isnan(oof[:, 0])
+        oof[missing] = logits["train"][missing]
+        logger.info("out-of-fold teacher accuracy on the training clips: %.2f%%", 100 * accuracy(oof, train.labels))
+        logits["train"] = oof
     reports: dict[str, dict[str, Any]] = {}
     for name in ("validation", "test"):
         data = prepared.splits[name]
@@ -132,7 +140,7 @@ def build_teacher(
         write_report(report, out_dir, name, f"teacher ({config.pooling} head), {name} split")
         reports[name] = report
     train_acc = accuracy(logits["train"], train.labels)
-    logger.info("teacher accuracy on its own (clean) training clips: %.2f%%", 100 * train_acc)
+    logger.info("teacher accuracy on the (clean) training clips' soft labels: %.2f%%", 100 * train_acc)
     save_npz(
         out_dir / SOFT_LABELS,
         {
@@ -230,6 +238,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="augmented copies of each training clip to embed for the head (default: %(default)s)",
     )
     g.add_argument(
+        "--soft-label-folds",
+        type=int,
+        default=t.soft_label_folds,
+        metavar="K",
+        help="training clips' soft labels out of fold: each of K speaker folds labelled by a head trained on the "
+        "others (0: by the head trained on them all; default: %(default)s)",
+    )
+    g.add_argument(
         "--threads", type=int, default=0, help="CPU threads (default: every core; fewer if the machine is shared)"
     )
     from kws.teacher import verifier_cli
@@ -261,7 +277,12 @@ def run(args: argparse.Namespace) -> int:
         raise KWSError("--data is required (the Speech Commands folder(s) of the student run)")
     data_config, features = student_configs(args)
     config = dataclasses.replace(
-        TeacherConfig(), epochs=args.epochs, pooling=args.head, augment_views=args.augment_views, seed=args.seed
+        TeacherConfig(),
+        epochs=args.epochs,
+        pooling=args.head,
+        augment_views=args.augment_views,
+        seed=args.seed,
+        soft_label_folds=args.soft_label_folds,
     )
     result = build_teacher(
         data_config,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -138,3 +140,39 @@ def train_head(
         100 * best[0],
     )
     return head, history
+
+
+def speaker_folds(speakers: Sequence[str], folds: int) -> np.ndarray:
+    """The fold (int64 ``[clips]``, in ``0..folds-1``) of each clip: a stable hash of its speaker, so that all of
+    a speaker's clips share a fold."""
+    return np.asarray([zlib.crc32(s.encode()) % folds for s in speakers], np.int64)
+
+
+def out_of_fold_logits(
+    config: TeacherConfig,
+    n_labels: int,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    speakers: Sequence[str],
+    views: np.ndarray | None,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+) -> np.ndarray:
+    """Out-of-fold logits float32 ``[clips, n_labels]`` of the training clips (``config.soft_label_folds`` folds
+    by speaker): each fold's from a head trained on the other folds (and their augmented ``views``
+    ``[views, clips, windows, 96]`` if given), early-stopped on the validation split. Rows of a fold whose
+    complement is empty are NaN."""
+    folds = speaker_folds(speakers, config.soft_label_folds)
+    out = np.full((len(train_x), n_labels), np.nan, np.float32)
+    for k in range(config.soft_label_folds):
+        held = folds == k
+        if not held.any() or held.all():
+            continue
+        x, y = train_x[~held], train_y[~held]
+        if views is not None:
+            x = np.concatenate([x, views[:, ~held].reshape(-1, *x.shape[1:])])
+            y = np.concatenate([y, np.tile(train_y[~held], len(views))])
+        logger.info("out-of-fold soft labels: fold %d/%d (%d clips)", k + 1, config.soft_label_folds, held.sum())
+        head, _ = train_head(config, n_labels, x, y, val_x, val_y)
+        out[held] = head_logits(head, train_x[held])
+    return out
