@@ -240,7 +240,6 @@ class KeywordSpotter:
         self.record_scores = record_scores
         self._recorded: list[tuple[np.ndarray, np.ndarray]] = []
         self._trace_start = 0  # the stream frame the recorded posteriors start at
-        self._next_frame = 0
         self.detections = 0
 
     @property
@@ -276,14 +275,14 @@ class KeywordSpotter:
         self.smoother.reset()
         self.decider.reset()
         self._recorded.clear()
-        self._trace_start = self._next_frame = 0
+        self._trace_start = 0
         self.detections = 0
 
     def clear_trace(self) -> None:
         """Drop the recorded posteriors; the stream goes on (state, buffers and frame counter are kept): the next
         :meth:`trace` starts at the next frame, its times still counted from the stream start."""
         self._recorded.clear()
-        self._trace_start = self._next_frame
+        self._trace_start = self.engine.frames  # every frame computed so far has been decided
 
     def trace(self) -> ScoreTrace:
         """The recorded posteriors (needs ``record_scores=True``)."""
@@ -300,7 +299,6 @@ class KeywordSpotter:
         detections: list[Detection] = []
         for first, scores in blocks:
             smoothed = self.smoother.process(scores)
-            self._next_frame = first + len(scores)
             if self.record_scores:
                 self._recorded.append((scores.copy(), smoothed))
             for frame, label, score in self.decider.process(first, smoothed):
