@@ -46,7 +46,7 @@ from kws.io import atomic_write, ensure_writable_dir
 from kws.model.checkpoint import load_versioned
 from kws.teacher.cache import SOFT_LABELS, compute_embeddings, digest, embedding_key, load_npz, save_npz
 from kws.teacher.embedding import EMBEDDING_FILE, MEL_FILE, SAMPLE_RATE, SpeechEmbedding
-from kws.teacher.head import TeacherHead, head_logits, out_of_fold_logits, train_head
+from kws.teacher.head import TeacherHead, head_logits, out_of_fold_logits, train_head, with_views
 from kws.train.evaluate import accuracy, format_report, split_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -113,16 +113,12 @@ def build_teacher(
 
     embeddings, seconds = compute_embeddings(prepared, embedder, config, key, out_dir, sample_rate)
     train, val = prepared.splits["train"], prepared.splits["validation"]
-    train_x, train_y = embeddings["train"], train.labels
-    if "train_views" in embeddings:
-        views = embeddings["train_views"]
-        train_x = np.concatenate([train_x, views.reshape(-1, *train_x.shape[1:])])
-        train_y = np.concatenate([train_y, np.tile(train.labels, len(views))])
+    views = embeddings.get("train_views")
+    train_x, train_y = with_views(embeddings["train"], train.labels, views)
     head, history = train_head(config, len(labels), train_x, train_y, embeddings["validation"], val.labels)
 
     logits = {name: head_logits(head, embeddings[name]) for name in SPLITS}
     if config.soft_label_folds >= 2:  # the training clips' soft labels out of fold (TeacherConfig)
-        views = embeddings.get("train_views")
         oof = out_of_fold_logits(config, len(labels), embeddings["train"], train.labels, train.speakers, views,
                                  embeddings["validation"], val.labels)  # fmt: skip
         missing = np.isnan(oof[:, 0])

@@ -142,6 +142,14 @@ def train_head(
     return head, history
 
 
+def with_views(x: np.ndarray, y: np.ndarray, views: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The clips ``x`` ``[clips, windows, 96]`` (labels ``y``) followed by their augmented ``views``
+    ``[views, clips, windows, 96]`` (each with its clip's label); ``x, y`` unchanged without views."""
+    if views is None:
+        return x, y
+    return np.concatenate([x, views.reshape(-1, *x.shape[1:])]), np.concatenate([y, np.tile(y, len(views))])
+
+
 def speaker_folds(speakers: Sequence[str], folds: int) -> np.ndarray:
     """The fold (int64 ``[clips]``, in ``0..folds-1``) of each clip: a stable hash of its speaker, so that all of
     a speaker's clips share a fold."""
@@ -168,10 +176,7 @@ def out_of_fold_logits(
         held = folds == k
         if not held.any() or held.all():
             continue
-        x, y = train_x[~held], train_y[~held]
-        if views is not None:
-            x = np.concatenate([x, views[:, ~held].reshape(-1, *x.shape[1:])])
-            y = np.concatenate([y, np.tile(train_y[~held], len(views))])
+        x, y = with_views(train_x[~held], train_y[~held], None if views is None else views[:, ~held])
         logger.info("out-of-fold soft labels: fold %d/%d (%d clips)", k + 1, config.soft_label_folds, held.sum())
         head, _ = train_head(config, n_labels, x, y, val_x, val_y)
         out[held] = head_logits(head, train_x[held])
