@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_stream_training import negatives  # noqa: F401 (a fixture)
 from test_train_reliability import _one_line_error
 
 import kws.train.loop as train_module
@@ -23,7 +24,7 @@ from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkp
 from kws.model.network import UNKNOWN_OUTPUT, KWSModel, UnknownWordsHead, collapse_unknowns
 from kws.train.objective import Objective
 from support.interrupt import train_killed_after_epoch_1
-from support.synthetic import OTHER_WORDS, SAMPLE_RATE, synth_word
+from support.synthetic import OTHER_WORDS, SAMPLE_RATE
 from support.tiny import TINY_LABELS, tiny_run_config
 
 LABELS = ["_silence_", "_unknown_", *TINY_LABELS.split(",")]
@@ -31,26 +32,17 @@ WORDS = tuple(sorted(OTHER_WORDS))
 """The synthetic datasets' non-keyword words ("bed", "cat"): the fine outputs of a tiny run."""
 
 
-def _prepare(roots: tuple[str, ...], negatives: tuple[str, ...] = ()):
+def _prepare(roots: tuple[str, ...], negatives: tuple[str, ...] = ()):  # noqa: F811 (not the fixture)
     config = DataConfig(roots=roots, negatives=negatives, labels=TINY_LABELS, validation_percent=15, testing_percent=15)
     return prepare(config, SAMPLE_RATE, SAMPLE_RATE, 0, ("train", "validation"))
 
 
-@pytest.fixture(scope="module")
-def negatives(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A --negatives folder of a few files of other synthetic words."""
-    root = tmp_path_factory.mktemp("negatives") / "talk"
-    root.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(6):
-        audio = np.concatenate([synth_word(w, rng) for w in ("tree", "house", "tree")])
-        sf.write(root / f"{i}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
-    return root.parent
-
-
 @pytest.mark.parametrize("layout", ["full", "archive"])
 def test_the_word_list_and_targets_come_from_the_data(
-    layout: str, full_dataset: Path, test_archive: Path, negatives: Path
+    layout: str,
+    full_dataset: Path,
+    test_archive: Path,
+    negatives: Path,  # noqa: F811 (the fixture)
 ) -> None:
     from kws.data.layout import unknown_words
 
