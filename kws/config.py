@@ -258,6 +258,7 @@ class TrainConfig:
     teacher: str = ""  # a `kws teacher --out` folder whose soft labels the student learns from ("": none)
     distill_weight: float = 0.5  # share of the loss given to the teacher's soft labels
     distill_temperature: float = 2.0  # softmax temperature of both teacher and student in that term
+    embed_distill_weight: float = 0.0  # weight of regressing the teacher's mean speech embedding (0: off)
     init_from: str = ""  # a checkpoint whose evaluated weights a new run starts from (fine-tuning; "": none)
     fine_unknowns: bool = False  # one output per unknown word of the training split (ModelConfig.unknown_words)
     fine_weight: float = 1.0  # weight of the cross-entropy on those fine outputs, beside the 12-class loss
@@ -275,12 +276,18 @@ class TrainConfig:
             "class_weight_power",
             "distill_weight",
             "distill_temperature",
+            "embed_distill_weight",
             "fine_weight",
         )
         _check(0 <= self.fine_weight <= 100, f"fine_weight must be in [0, 100], got {self.fine_weight}")
         _check(0 <= self.class_weight_power <= 1, "class_weight_power must be in [0, 1]")
         _check(0 <= self.distill_weight <= 1, "distill_weight must be in [0, 1]")
         _check(0 < self.distill_temperature <= 20, "distill_temperature must be in (0, 20]")
+        _check(0 <= self.embed_distill_weight <= 100, "embed_distill_weight must be in [0, 100]")
+        _check(
+            not self.embed_distill_weight or bool(self.teacher),
+            "embed_distill_weight needs a teacher (--teacher DIR) whose embeddings it regresses",
+        )
         _check(self.epochs >= 1, f"need epochs >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"need batch_size >= 1, got {self.batch_size}")
         _check(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")

@@ -84,3 +84,92 @@ def test_train_with_soft_labels(tmp_path: Path, full_dataset: Path) -> None:
     np.savez(teacher_dir / "soft_labels.npz", paths=np.array(train.paths), logits=logits, labels=["a", "b"])
     with pytest.raises(Exception, match="differ from the student"):
         train_module.train(config, tmp_path / "student2")
+
+
+def test_embedding_term_regresses_the_teachers_embeddings() -> None:
+    """The embedding term is weight * MSE(regressor(hidden), target) over the rows with a target; it trains the
+    regressor and the student's hidden state, and is absent at weight 0."""
+    n, dims, width = 6, 4, 5
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    targets = np.random.default_rng(0).standard_normal((n, dims)).astype(np.float32)
+    targets[5] = np.nan  # no teacher row: no embedding term for it
+    config = TrainConfig(label_smoothing=0.0, teacher="t", distill_weight=0.0, embed_distill_weight=2.0)
+    objective = Objective(config, labels, 3, None, "cpu", None, targets, width)
+    assert objective.regressor is not None and len(objective.parameters()) == 2
+    logits = torch.zeros(n, 3)
+    hidden = torch.randn(n, width, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    y = torch.from_numpy(labels)
+    loss = objective(logits, y, np.arange(n), None, hidden)
+    hard = torch.nn.functional.cross_entropy(logits, y)
+    mse = torch.nn.functional.mse_loss(objective.regressor(hidden[:5]), torch.from_numpy(targets[:5]))
+    torch.testing.assert_close(loss, hard + 2.0 * mse)
+    loss.backward()
+    assert hidden.grad[:5].abs().sum() > 0 and not hidden.grad[5].any(), "row 5 has no target"
+    assert objective.regressor.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(objective(logits, y, np.arange(n)), hard)  # no hidden state given: no term
+    off = Objective(replace(config, embed_distill_weight=0.0), labels, 3, None, "cpu", None, targets, width)
+    assert off.regressor is None and off.parameters() == []
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        TrainConfig(embed_distill_weight=1.0)
+
+
+def _teacher_folder(folder: Path, paths: list[str], labels: np.ndarray, label_names: list[str]) -> None:
+    """A stand-in `kws teacher` folder: one-hot soft labels and random [clips, 3 windows, 8] embeddings."""
+    folder.mkdir()
+    logits = np.eye(len(label_names), dtype=np.float32)[labels] * 5
+    np.savez(folder / "soft_labels.npz", paths=np.array(paths), logits=logits, labels=label_names,
+             splits=np.array(["train"] * len(paths)))  # fmt: skip
+    rng = np.random.default_rng(0)
+    np.savez(folder / "embeddings.npz", train=rng.standard_normal((len(paths), 3, 8)).astype(np.float16))
+
+
+def test_embedding_targets_are_aligned_and_standardised(tmp_path: Path) -> None:
+    from kws.errors import KWSError
+    from kws.teacher.cache import load_embedding_targets
+
+    paths = ["a.wav", "b.wav", "c.wav", "d.wav"]
+    _teacher_folder(tmp_path / "t", paths, np.array([0, 1, 0, 1]), ["x", "y"])
+    with np.load(tmp_path / "t" / "embeddings.npz") as f:
+        means = f["train"].astype(np.float32).mean(1)
+    out = load_embedding_targets(tmp_path / "t", ["c.wav", "a.wav", "nowhere.wav", "b.wav", "d.wav"])
+    assert out.shape == (5, 8) and np.isnan(out[2]).all()
+    found = out[[1, 3, 0, 4]]  # a, b, c, d
+    np.testing.assert_allclose(found.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(found.std(0), 1, atol=1e-4)
+    np.testing.assert_allclose(found, (means - means.mean(0)) / means.std(0), rtol=1e-4, atol=1e-4)
+    (tmp_path / "t" / "embeddings.npz").unlink()
+    with pytest.raises(KWSError, match="no embeddings.npz"):
+        load_embedding_targets(tmp_path / "t", paths)
+
+
+def test_train_with_embedding_distillation_resumes_exactly(tmp_path: Path, full_dataset: Path, monkeypatch) -> None:
+    """A student trains with the embedding term; the regressor is saved in the checkpoint (not in the model's
+    weights) and an interrupted run resumes to the same weights."""
+    from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint
+    from kws.train import run_folder
+
+    config = tiny_run_config((str(full_dataset),), epochs=2)
+    fc = config.features
+    prepared = prepare(config.data, fc.sample_rate, fc.clip_samples, config.train.seed, ("train",))
+    train = prepared.splits["train"]
+    _teacher_folder(tmp_path / "teacher", train.paths, train.labels, prepared.labels)
+    config = replace(config, train=replace(config.train, teacher=str(tmp_path / "teacher"), embed_distill_weight=1.0))
+    straight = load_checkpoint(train_module.train(config, tmp_path / "straight").parent / "last.pt")
+    assert straight[train_module.AUX_KEY]["weight"].shape == (8, config.model.hidden_size)
+    assert not any("regressor" in key for key in straight[WEIGHTS_KEY])
+
+    real_save = run_folder.save_checkpoint
+
+    def save_then_die(path: Path, payload: dict) -> None:
+        real_save(path, payload)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt  # killed right after epoch 1
+
+    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config, tmp_path / "interrupted")
+    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    resumed = load_checkpoint(train_module.train(config, tmp_path / "interrupted", resume=True).parent / "last.pt")
+    for key in straight[WEIGHTS_KEY]:
+        torch.testing.assert_close(straight[WEIGHTS_KEY][key], resumed[WEIGHTS_KEY][key], rtol=0, atol=0)
+    torch.testing.assert_close(straight[train_module.AUX_KEY]["weight"], resumed[train_module.AUX_KEY]["weight"])

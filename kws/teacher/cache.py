@@ -165,6 +165,25 @@ def compute_embeddings(
     return {k: v.astype(np.float32) for k, v in arrays.items()}, seconds
 
 
+def match_rows(stored_paths: Sequence[str], paths: Sequence[str]) -> np.ndarray:
+    """int64 ``[len(paths)]``: the row of ``stored_paths`` holding each of ``paths``, -1 where none does. A path that
+    occurs several times (e.g. two noise slices at the same offset with different gains) is matched occurrence by
+    occurrence, in order."""
+    rows: dict[tuple[str, int], int] = {}
+    seen: dict[str, int] = {}
+    for i, p in enumerate(stored_paths):
+        k = seen.get(p, 0)
+        rows[(p, k)] = i
+        seen[p] = k + 1
+    out = np.full(len(paths), -1, np.int64)
+    seen.clear()
+    for j, p in enumerate(paths):
+        k = seen.get(p, 0)
+        seen[p] = k + 1
+        out[j] = rows.get((p, k), -1)
+    return out
+
+
 def load_soft_labels(teacher_dir: str | Path, labels: Sequence[str], paths: Sequence[str]) -> np.ndarray:
     """The teacher's logits for the student's examples, aligned with ``paths``.
 
@@ -194,21 +213,52 @@ def load_soft_labels(teacher_dir: str | Path, labels: Sequence[str], paths: Sequ
             f"the teacher's labels ({','.join(stored_labels)}) differ from the student's ({','.join(labels)}); "
             "rerun `kws teacher` with the same --data and --labels"
         )
-    rows: dict[tuple[str, int], int] = {}
-    seen: dict[str, int] = {}
-    for i, p in enumerate(stored_paths):
-        k = seen.get(p, 0)
-        rows[(p, k)] = i
-        seen[p] = k + 1
+    rows = match_rows(stored_paths, paths)
     out = np.full((len(paths), len(stored_labels)), np.nan, np.float32)
-    seen.clear()
-    for j, p in enumerate(paths):
-        k = seen.get(p, 0)
-        seen[p] = k + 1
-        i = rows.get((p, k))
-        if i is not None:
-            out[j] = logits[i]
+    out[rows >= 0] = logits[rows[rows >= 0]]
     missing = int(np.isnan(out[:, 0]).sum()) if len(out) else 0
     if missing:
         logger.warning("%d of %d examples have no soft label in %s", missing, len(paths), teacher_dir)
+    return out
+
+
+def load_embedding_targets(teacher_dir: str | Path, paths: Sequence[str]) -> np.ndarray:
+    """The teacher's mean speech embedding of each of the student's examples (``kws train --embed-distill-weight``),
+    aligned with ``paths`` and standardised per dimension over the rows found.
+
+    The clean clips' cached embeddings (``embeddings.npz``: ``[clips, windows, 96]`` per split) are averaged over
+    the windows; their rows follow ``soft_labels.npz``'s ``paths`` (both are written split by split, in order).
+
+    Returns:
+        float32 ``[len(paths), dims]`` (zero mean, unit variance per dimension); NaN rows for paths the teacher
+        never saw.
+
+    Raises:
+        KWSError: the folder lacks either file, or they do not belong together.
+    """
+    folder = Path(teacher_dir)
+    for name in (SOFT_LABELS, EMBEDDINGS):
+        if not (folder / name).is_file():
+            raise KWSError(f"no {name} in {teacher_dir}: run `kws teacher --out {teacher_dir}` first")
+    try:
+        with np.load(folder / SOFT_LABELS, allow_pickle=False) as f:
+            stored_paths, splits = f["paths"].tolist(), f["splits"].tolist()
+        with np.load(folder / EMBEDDINGS, allow_pickle=False) as f:
+            names = list(dict.fromkeys(splits))
+            means = np.concatenate([f[name].astype(np.float32).mean(1) for name in names])
+    except (OSError, ValueError, KeyError) as exc:
+        raise KWSError(f"{folder / EMBEDDINGS} does not match {folder / SOFT_LABELS} ({exc})") from None
+    if len(means) != len(stored_paths):
+        raise KWSError(
+            f"{folder / EMBEDDINGS} holds {len(means)} clips but {folder / SOFT_LABELS} {len(stored_paths)}: "
+            f"rerun `kws teacher --out {teacher_dir}`"
+        )
+    rows = match_rows(stored_paths, paths)
+    out = np.full((len(paths), means.shape[1]), np.nan, np.float32)
+    found = means[rows[rows >= 0]]
+    if len(found):
+        out[rows >= 0] = (found - found.mean(0)) / np.maximum(found.std(0), 1e-6)
+    missing = int((rows < 0).sum())
+    if missing:
+        logger.warning("%d of %d examples have no teacher embedding in %s", missing, len(paths), teacher_dir)
     return out

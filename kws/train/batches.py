@@ -77,9 +77,19 @@ def make_objective(config: RunConfig, prepared: PreparedData, device: torch.devi
             tc.distill_weight,
             tc.distill_temperature,
         )
+    embeddings = None
+    if tc.teacher and tc.embed_distill_weight:
+        from kws.teacher.cache import load_embedding_targets
+
+        embeddings = load_embedding_targets(tc.teacher, train_data.paths)
+        logger.info(
+            "regressing the teacher's %d-d mean embeddings (weight %g)", embeddings.shape[1], tc.embed_distill_weight
+        )
     words = config.model.unknown_words
     fine = train_data.fine_labels(labels, words) if words else None
-    return Objective(tc, train_data.labels, len(labels), teacher_logits, device, fine)
+    return Objective(
+        tc, train_data.labels, len(labels), teacher_logits, device, fine, embeddings, config.model.output_size
+    )
 
 
 def unknown_words(config: RunConfig, prepared: PreparedData) -> tuple[str, ...]:

@@ -308,6 +308,14 @@ def option_groups() -> tuple[tuple[str, str | None, tuple[Option, ...]], ...]:
             "train.distill_temperature",
             float,
         ),
+        Option(
+            "--embed-distill-weight",
+            "weight of a second teacher term: a linear map of the student's mean last-layer LSTM output regresses "
+            "the teacher's mean speech embedding of the clip (standardised, mean squared error; training only, "
+            "nothing is exported) (default: %(default)s: off)",
+            "train.embed_distill_weight",
+            float,
+        ),
     )
     streams = (
         Option(

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 NORMALIZATION_CLIPS = 2000
 """Training clips (a seeded sample) whose MFCC statistics set the model's input normalisation."""
+AUX_KEY = "objective_weights"
+"""Checkpoint entry of the objective's own trained weights (the embedding regressor), for ``--resume``."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 """--precision: float32, or autocast to bfloat16 / float16 (with loss scaling) for the LSTM on CUDA."""
 
@@ -156,7 +158,8 @@ def _new_model(config: RunConfig, device: torch.device) -> KWSModel:
 
 @dataclass
 class _Training:
-    """What the loop updates: the model (``net``: the same, wrapped for DDP), its EMA copy and the optimiser."""
+    """What the loop updates: the model (``net``: the same, wrapped for DDP), its EMA copy, the optimiser, and the
+    objective's own weights (``aux``: the embedding regressor of ``--embed-distill-weight``; never exported)."""
 
     model: KWSModel
     ema: KWSModel | None
@@ -164,6 +167,7 @@ class _Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    aux: nn.Module | None = None
 
     @property
     def scored(self) -> KWSModel:
@@ -200,6 +204,8 @@ class _Training:
         }
         if self.scaler.is_enabled():
             payload["scaler"] = self.scaler.state_dict()
+        if self.aux is not None:
+            payload[AUX_KEY] = self.aux.state_dict()
         return payload
 
     def restore(self, state: dict[str, Any], last_path: Path) -> None:
@@ -208,6 +214,8 @@ class _Training:
         if self.ema is not None:
             load_weights(self.ema, checkpoint_weights(state), str(last_path))
         try:
+            if self.aux is not None:
+                self.aux.load_state_dict(state[AUX_KEY])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler.is_enabled() and isinstance(state.get("scaler"), dict):
@@ -252,18 +260,21 @@ def _train_locked(
         idx = rng.choice(len(train_split), min(len(train_split), NORMALIZATION_CLIPS), replace=False)
         model.frontend.fit_normalization(torch.from_numpy(train_split.float_audio(np.sort(idx))).to(device))
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    objective = train_data.make_objective(config, prepared, device)
+    if objective.regressor is not None and context.distributed:
+        raise ConfigError("--embed-distill-weight is for a single process; drop it under torchrun")
+    params = list(model.parameters()) + objective.parameters()
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     sampler = distributed.ShardedSampler(len(train_split), tc.batch_size, tc.seed, context.rank, context.world_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, sampler.steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    run = _Training(model, ema, model, optimizer, scheduler, scaler)
+    run = _Training(model, ema, model, optimizer, scheduler, scaler, objective.regressor)
     history: list[dict[str, Any]] = []
     start_epoch, step, best = 0, 0, -1.0
     if state is not None:
         run.restore(state, out_dir / LAST)
         start_epoch, step, best, history = state["epoch"], state["step"], state["best_accuracy"], state["history"]
 
-    objective = train_data.make_objective(config, prepared, device)
     augmenter = train_data.make_augmenter(config, prepared)
     streams = make_streams(config, prepared)  # None unless the stream loss is on
     run.net = context.wrap(model)  # what the batches go through; checkpoints keep `model`'s own state dict
@@ -361,6 +372,12 @@ def _train_epoch(
     gen = torch.Generator().manual_seed(distributed.rank_seed(tc.seed * 100_019 + epoch, context.rank))
     loss_sum, correct, seen = 0.0, 0, 0
     stream_sums = np.zeros(STREAM_SUMS, np.float64)
+    captured: list[torch.Tensor] = []  # the last LSTM layer's outputs, for the embedding term
+    hook = (
+        model.lstm.register_forward_hook(lambda _module, _inputs, outputs: captured.append(outputs[0]))
+        if objective.regressor is not None
+        else None
+    )
     bar = tqdm(
         batches,
         total=sampler.steps_per_epoch,
@@ -377,10 +394,12 @@ def _train_epoch(
                 torch.ones(feats.shape), a.time_masks, a.time_mask_frames, a.freq_masks, a.freq_mask_bins, gen
             )
             feats = feats * mask.to(device)
+        captured.clear()
         with _autocast(device, precision):
             frames = run.net(feats, fine=True)[0][:, -clip_frames:]  # with unknown words: their outputs too
         logits, fine = model.pool_fine(frames.float())
-        loss = objective(logits, y, idx, fine)
+        hidden = captured[0][:, -clip_frames:].float().mean(1) if captured else None
+        loss = objective(logits, y, idx, fine, hidden)
         total = loss
         if streams is not None:
             rng = step_rng(tc.seed, context.rank, step)
@@ -404,5 +423,7 @@ def _train_epoch(
         if tc.max_steps and step >= tc.max_steps:
             break
     bar.close()
+    if hook is not None:
+        hook.remove()
     batches.close()  # ends the DataLoader's workers of a partial epoch
     return step, loss_sum, correct, seen, stream_sums

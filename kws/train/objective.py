@@ -5,7 +5,11 @@ and the loss of training streams on the runtime's pooled posteriors (:class:`Str
 that have a teacher row (the others get the hard term alone, at full weight), where ``X_T`` is the softmax of
 logits divided by the temperature ``T`` (Hinton et al. 2015, "Distilling the knowledge in a neural network").
 With unknown-word outputs (``kws train --fine-unknowns``) the loss adds ``fine_weight * CE(fine outputs, word
-target)``: the same label smoothing, each clip weighted by its label's class weight.
+target)``: the same label smoothing, each clip weighted by its label's class weight. With
+``embed_distill_weight`` (``kws train --embed-distill-weight``) it adds ``embed_distill_weight * MSE(A h, e)``: a
+linear map ``A`` (:attr:`Objective.regressor`, trained with the model, never exported) of the student's mean
+last-layer LSTM output ``h`` regresses the teacher's standardised mean speech embedding ``e`` of the clean clip
+(representation distillation; FitNets, Romero et al. 2015).
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class Objective:
         device: where the batches live.
         fine_labels: int ``[examples]`` targets of the fine outputs (:meth:`kws.data.splits.SplitData.fine_labels`)
             aligned with the training split; None: no fine term.
+        teacher_embeddings: float32 ``[examples, dims]`` standardised teacher embeddings aligned with the training
+            split (NaN rows where the teacher has none; :func:`kws.teacher.cache.load_embedding_targets`), with
+            ``hidden_size`` the width of the student's LSTM output; None: no embedding term.
     """
 
     def __init__(
@@ -63,8 +70,16 @@ class Objective:
         teacher_logits: np.ndarray | None = None,
         device: torch.device | str = "cpu",
         fine_labels: np.ndarray | None = None,
+        teacher_embeddings: np.ndarray | None = None,
+        hidden_size: int = 0,
     ) -> None:
         self.config = config
+        self.embeddings, self.regressor = None, None
+        if teacher_embeddings is not None and config.embed_distill_weight > 0:
+            if len(teacher_embeddings) != len(train_labels) or hidden_size < 1:
+                raise ValueError(f"teacher embeddings {teacher_embeddings.shape} for {len(train_labels)} examples")
+            self.embeddings = torch.from_numpy(np.ascontiguousarray(teacher_embeddings, np.float32)).to(device)
+            self.regressor = nn.Linear(hidden_size, teacher_embeddings.shape[1]).to(device)
         self.fine = None
         if fine_labels is not None:
             if fine_labels.shape != train_labels.shape:
@@ -80,8 +95,17 @@ class Objective:
                 raise ValueError(f"teacher logits {teacher_logits.shape} for {len(train_labels)} examples")
             self.teacher = torch.from_numpy(np.ascontiguousarray(teacher_logits, np.float32)).to(device)
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The objective's own trained weights (the embedding regressor's; none without it)."""
+        return [] if self.regressor is None else list(self.regressor.parameters())
+
     def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, index: np.ndarray, fine: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        index: np.ndarray,
+        fine: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scalar loss of student ``logits [batch, n_labels]`` for ``labels [batch]``.
 
@@ -89,11 +113,23 @@ class Objective:
             index: int ``[batch]`` positions of the batch's examples in the training split.
             fine: the pooled fine outputs ``[batch, n_outputs]`` (:meth:`kws.model.network.KWSModel.pool_fine`),
                 scored against the fine labels when the objective has them; None: no fine term.
+            hidden: the student's mean last-layer LSTM output ``[batch, hidden_size]`` over the clip's frames,
+                regressed onto the teacher's embeddings when the objective has them; None: no embedding term.
         """
         loss = self._labels_loss(logits, labels, index)
-        if self.fine is None or fine is None:
-            return loss
-        return loss + self.config.fine_weight * self._fine_loss(fine, labels, index)
+        if self.fine is not None and fine is not None:
+            loss = loss + self.config.fine_weight * self._fine_loss(fine, labels, index)
+        if self.regressor is not None and hidden is not None:
+            loss = loss + self.config.embed_distill_weight * self._embedding_loss(hidden, index)
+        return loss
+
+    def _embedding_loss(self, hidden: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Mean squared error of the regressed embeddings over the batch's examples that have a teacher row."""
+        target = self.embeddings[torch.as_tensor(index, device=self.embeddings.device)]
+        has = ~torch.isnan(target[:, 0])
+        if not has.any():
+            return hidden.sum() * 0.0
+        return nn.functional.mse_loss(self.regressor(hidden[has]), target[has])
 
     def _fine_loss(self, fine: torch.Tensor, labels: torch.Tensor, index: np.ndarray) -> torch.Tensor:
         """Mean cross-entropy of the fine outputs, weighted by each clip's class weight (if any)."""
