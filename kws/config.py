@@ -200,6 +200,10 @@ class AugmentConfig:
     time_mask_frames: int = 5
     freq_masks: int = 2
     freq_mask_bins: int = 5
+    reverb_prob: float = 0.0  # share of the speech clips convolved with a simulated room's response (0: off)
+    reverb_rt60_min: float = 0.2  # reverberation times of the run's bank of simulated rooms (s, uniform)
+    reverb_rt60_max: float = 0.8
+    reverb_rooms: int = 64  # rooms in that bank, simulated once per run from its seed
 
     def __post_init__(self) -> None:
         _check_finite(
@@ -214,7 +218,13 @@ class AugmentConfig:
             "speed_prob",
             "context_prob",
             "context_seconds",
+            "reverb_prob",
+            "reverb_rt60_min",
+            "reverb_rt60_max",
         )
+        _check(0 <= self.reverb_prob <= 1, "reverb_prob must be in [0, 1]")
+        _check(0 < self.reverb_rt60_min <= self.reverb_rt60_max <= 2.0, "need 0 < reverb_rt60_min <= max <= 2 s")
+        _check(1 <= self.reverb_rooms <= 10_000, "reverb_rooms must be in 1..10000")
         for name in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bins"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0")
         for name in ("time_shift_ms", "gain_db", "context_seconds"):

@@ -30,9 +30,9 @@ from kws.bench.negative_passes import (
 from kws.bench.negative_report import FalseAccepts, NegativePass, NegativeStream, NegativeSweepPoint
 from kws.bench.negative_stream import BlockSource
 from kws.bench.report import BenchReport
-from kws.bench.reverb import METHOD_NOISE, Room, noise_tail_rir, simulate_room
 from kws.bench.scoring import poisson_upper
 from kws.bench.utterances import StreamSetError, Utterance
+from kws.data.reverb import METHOD_NOISE, Room, noise_tail_rir, simulate_room
 from kws.data.words import frame_energies_db, rms
 from support.synthetic import OTHER_WORDS, SAMPLE_RATE, synth_word
 
@@ -214,7 +214,7 @@ class TestReverb:
         assert len(out) == 100 + len(a.rir) - 1 and out.dtype == np.float32
 
     def test_fallback_without_pyroomacoustics(self, monkeypatch) -> None:
-        import kws.bench.reverb as reverb
+        import kws.data.reverb as reverb
 
         monkeypatch.setattr(reverb, "room_simulator_available", lambda: False)
         room = reverb.simulate_room(0.3, SAMPLE_RATE, np.random.default_rng(0))

@@ -10,7 +10,7 @@ Modules (one concern each):
 * :mod:`~kws.bench.scoring`: detections against the ground truth (knows nothing of how streams are made);
 * :mod:`~kws.bench.streaming`: the bench's stream from the test split, run through the live path;
 * :mod:`~kws.bench.utterances`: what a stream can play (recordings with kind, label and duration);
-* :mod:`~kws.bench.negative_passes`, :mod:`~kws.bench.reverb`, :mod:`~kws.bench.negative_stream`:
+* :mod:`~kws.bench.negative_passes`, :mod:`~kws.bench.negative_stream`:
   ``--negative-hours``, the negative-only stream (labelled passes, simulated rooms, the run through the live
   path, pass by pass);
 * :mod:`~kws.bench.report` (with :mod:`~kws.bench.negative_report`): the typed report (``bench.json``), with

@@ -8,7 +8,7 @@ of background noise (``GAP_SECONDS``). No keyword clip is ever played.
 The stream is cut into passes of equal length (between ``PASS_SECONDS_MIN`` and ``PASS_SECONDS_MAX``, about
 one replay of the material each) adding up to exactly H hours. Each pass replays the material in a new seeded
 order (again in another order if the pass is longer than one replay) under its own condition, cycled from
-``PASS_CONDITIONS`` (SNR range, gain range, simulated reverberation, :mod:`kws.bench.reverb`), over its own
+``PASS_CONDITIONS`` (SNR range, gain range, simulated reverberation, :mod:`kws.data.reverb`), over its own
 noise choice, cycled from the noise choices (every recording, or one of them), with its own noise stretches.
 
 A pass is produced slot by slot (:func:`pass_blocks`): memory does not grow with H, and nothing is written to
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kws.bench.events import StreamEvent
-from kws.bench.reverb import Room, simulate_room
 from kws.bench.streams import GAP_SECONDS, NoiseBed, PlannedEvent, render_slot
 from kws.bench.utterances import StreamSetError, Utterance
 from kws.data.audio import AudioError, float_to_int16, load_audio
+from kws.data.reverb import Room, simulate_room
 
 logger = logging.getLogger(__name__)
 

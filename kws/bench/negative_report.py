@@ -99,7 +99,7 @@ class NegativeStream:
         real_speech_files, unknown_clips: the material each pass replays (held-out negative recordings,
             ``_unknown_`` clips of the test split) and its duration per replay (s).
         noise_source: the noise recordings the passes choose from.
-        reverb_method: how reverberation was simulated (:mod:`kws.bench.reverb`).
+        reverb_method: how reverberation was simulated (:mod:`kws.data.reverb`).
         total: every false accept over the whole negative stream.
         real_speech: false accepts during the negative recordings, over their total duration.
         per_keyword: false accepts by the keyword reported, over the whole stream.

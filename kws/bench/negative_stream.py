@@ -35,13 +35,13 @@ from kws.bench.negative_passes import (
 )
 from kws.bench.negative_report import FalseAccepts, NegativePass, NegativeStream, NegativeSweepPoint
 from kws.bench.options import BenchOptions
-from kws.bench.reverb import METHOD_NOISE, method
 from kws.bench.scoring import SECONDS_PER_HOUR, score_detections
 from kws.bench.speed import BENCH_THREADS
 from kws.bench.streaming import SWEEP_THRESHOLDS, bench_config, stream_noises, unknown_utterances
 from kws.bench.utterances import negative_utterances
 from kws.bench.verifier_bench import VerifiedPass, negative_verifier_stream, verified_pass
 from kws.constants import SILENCE_LABEL, UNKNOWN_LABEL
+from kws.data.reverb import METHOD_NOISE, method
 from kws.data.splits import PreparedData
 from kws.runtime.sources import AudioSource
 from kws.runtime.verifier import VerifiedSpotter

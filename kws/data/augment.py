@@ -53,6 +53,28 @@ def _fit_centered(audio: np.ndarray, length: int) -> np.ndarray:
     return np.pad(audio, (pad // 2, pad - pad // 2))
 
 
+def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """``audio`` float32 ``[n]`` convolved with ``rir`` (FFT), cut to its first ``n`` samples (the tail that
+    rings on past the clip is dropped, as a 1 s window of a stream would) and scaled back to its own RMS."""
+    n = len(audio)
+    size = 1 << (n + len(rir) - 2).bit_length()
+    wet = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(rir, size), size)[:n]
+    scale = np.sqrt((np.mean(audio.astype(np.float64) ** 2) + EPS) / (np.mean(wet**2) + EPS))
+    return (wet * scale).astype(np.float32)
+
+
+def room_bank(config: AugmentConfig, sample_rate: int, seed: int) -> list[np.ndarray]:
+    """``config.reverb_rooms`` simulated room responses (:func:`kws.data.reverb.simulate_room`), reverberation times
+    uniform in ``[reverb_rt60_min, reverb_rt60_max]``, seeded; empty when ``reverb_prob`` is 0."""
+    if not config.reverb_prob:
+        return []
+    from kws.data.reverb import simulate_room
+
+    rng = np.random.default_rng([seed, 7919])
+    rt60s = rng.uniform(config.reverb_rt60_min, config.reverb_rt60_max, config.reverb_rooms)
+    return [simulate_room(float(rt60), sample_rate, rng).rir for rt60 in rt60s]
+
+
 class Augmenter:
     """Applies :class:`AugmentConfig` to batches of 1 s clips.
 
@@ -61,15 +83,23 @@ class Augmenter:
         sample_rate: Hz.
         noises: background-noise recordings (float32 ``[samples]`` each), for mixing and ``_silence_``.
         speech: non-keyword speech clips (float32 ``[samples]``), prepended as context.
+        rooms: room impulse responses (float32 ``[samples]``, unit energy; :func:`room_bank`) that
+            ``reverb_prob`` of the speech clips are convolved with; none: no reverberation.
     """
 
     def __init__(
-        self, config: AugmentConfig, sample_rate: int, noises: list[np.ndarray], speech: list[np.ndarray]
+        self,
+        config: AugmentConfig,
+        sample_rate: int,
+        noises: list[np.ndarray],
+        speech: list[np.ndarray],
+        rooms: list[np.ndarray] | None = None,
     ) -> None:
         self.config = config
         self.sample_rate = sample_rate
         self.noises = noises
         self.speech = speech
+        self.rooms = list(rooms or [])
 
     def clip(self, audio: np.ndarray, is_silence: bool, rng: np.random.Generator) -> np.ndarray:
         """Augment one clip ``[samples]`` -> ``[samples]`` (same length)."""
@@ -81,6 +111,8 @@ class Augmenter:
             max_shift = int(cfg.time_shift_ms * self.sample_rate / 1000)
             if max_shift:
                 audio = _shift(audio, int(rng.integers(-max_shift, max_shift + 1)))
+            if self.rooms and cfg.reverb_prob and rng.random() < cfg.reverb_prob:
+                audio = reverberate(audio, self.rooms[int(rng.integers(len(self.rooms)))])
         if cfg.gain_db:
             audio = audio * np.float32(10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20))
         if self.noises and not is_silence and rng.random() < cfg.noise_prob:

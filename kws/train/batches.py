@@ -12,7 +12,7 @@ import torch
 
 from kws.config import DataConfig, RunConfig, TrainConfig
 from kws.constants import UNKNOWN_LABEL
-from kws.data.augment import Augmenter
+from kws.data.augment import Augmenter, room_bank
 from kws.data.layout import unknown_words as layout_unknown_words
 from kws.data.splits import AugmentedBatches, PreparedData, SplitData, speech_context_clips
 from kws.errors import KWSError
@@ -122,7 +122,12 @@ def make_augmenter(config: RunConfig, prepared: PreparedData) -> Augmenter:
         if a.context_prob
         else []
     )
-    return Augmenter(a, rate, prepared.noises, context)
+    rooms = room_bank(a, rate, config.train.seed)
+    if rooms:
+        from kws.data.reverb import method
+
+        logger.info("reverberation: %d simulated rooms (%s), on %g of the clips", len(rooms), method(), a.reverb_prob)
+    return Augmenter(a, rate, prepared.noises, context, rooms)
 
 
 def _as_is(batch: Any) -> Any:

@@ -216,6 +216,13 @@ def option_groups() -> tuple[tuple[str, str | None, tuple[Option, ...]], ...]:
         Option("--seed", f"random seed, 0..{MAX_SEED} (default: %(default)s)", "train.seed", int),
         Option("--no-augment", "train without any augmentation", "augment", action=_StoreTrue),
         Option(
+            "--reverb-prob",
+            "share of the speech clips convolved with one of a bank of simulated rooms (pyroomacoustics, RT60 "
+            "0.2-0.8 s; a decaying-noise tail without it) (default: %(default)s: off)",
+            "augment.reverb_prob",
+            float,
+        ),
+        Option(
             "--class-weight-power",
             "weigh each class's loss by (its training clips) ** -POWER: 0 off, 0.5 halfway, 1 every class "
             "counts the same, for unbalanced data such as few on/off clips (default: %(default)s)",
@@ -400,7 +407,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run configuration the options in ``args`` set (every other field at its default), with absolute data
     folders and teacher folder."""
     d = RunConfig()
-    fields: dict[str, dict[str, Any]] = {"features": {}, "model": {}, "data": {}, "train": {}, "stream": {}}
+    fields: dict[str, dict[str, Any]] = {
+        "features": {},
+        "model": {},
+        "data": {},
+        "augment": {},
+        "train": {},
+        "stream": {},
+    }
     for option in _options().values():
         if "." in option.field:
             section, name = option.field.split(".")
@@ -414,7 +428,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     features = replace(d.features, **fields["features"])  # built in this order: the first invalid value is named
     model = replace(d.model, **fields["model"])
     data = replace(d.data, **fields["data"])
-    augment = AugmentConfig.none() if args.no_augment else d.augment
+    augment = AugmentConfig.none() if args.no_augment else replace(d.augment, **fields["augment"])
     train, stream = replace(d.train, **fields["train"]), replace(d.stream, **fields["stream"])
     config = RunConfig(features=features, model=model, data=data, augment=augment, train=train, stream=stream)
     return replace(config, data=absolute_data_paths(config.data))

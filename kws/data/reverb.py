@@ -1,6 +1,7 @@
-"""Simulated room reverberation for the negative stream's passes (torch-free).
+"""Simulated room reverberation (torch-free): the negative stream's passes in `kws bench`, and the training
+augmentation of `kws train --reverb-prob`.
 
-One room impulse response (RIR) per pass, drawn from the pass's seed:
+One room impulse response (RIR) per bench pass (or per room of the training bank), drawn from a seed:
 
 * with pyroomacoustics installed (the ``train`` extra): a shoebox room of random size, walls whose absorption
   gives the requested RT60 by Sabine's formula, a random source and microphone position, simulated with the
