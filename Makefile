@@ -59,8 +59,9 @@ pretrained: $(VENV)/.teacher
 
 ## bench: accuracy / size / speed / streaming detection quality of the shipped model
 bench: $(VENV)/.dev
-	$(BIN)/kws bench --checkpoint $(RUN)/best.pt --models $(RUN)/export --data $(DATA)/speech_commands_test_set_v0.02 \
-		--negatives $(DATA)/wake_word_negatives --stream-minutes 60 --out $(RUN)/bench
+	$(BIN)/kws bench --checkpoint $(RUN)/stream/last.pt --models $(RUN)/export \
+		--data $(DATA)/speech_commands_test_set_v0.02 --negatives $(DATA)/wake_word_negatives \
+		--stream-minutes 60 --negative-hours 6 --out $(RUN)/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
