@@ -45,7 +45,33 @@ def portable_config(config: dict) -> dict:
     if train.get("init_from"):  # the stage the run started from: its run folder and file, not this machine's path
         start = Path(train["init_from"])
         train["init_from"] = f"{start.parent.name}/{start.name}"
+    if train.get("teacher"):  # the `kws teacher` folder: its name, not this machine's path
+        train["teacher"] = Path(train["teacher"]).name
     return {**config, "data": data, "train": train}
+
+
+def teacher_lines(stage1: dict | None, config: dict) -> list[str]:
+    """How the teacher took part (from the stage-1 checkpoint's train config, else the shipped one's), or
+    nothing without a teacher."""
+    train = (stage1 or config).get("train", {})
+    if not train.get("teacher"):
+        return []
+    terms = f"soft labels (`--distill-weight {train['distill_weight']:g}`, `--distill-temperature "
+    terms += f"{train['distill_temperature']:g}`)"
+    if train.get("embed_distill_weight"):
+        terms += f" and its mean embedding (`--embed-distill-weight {train['embed_distill_weight']:g}`)"
+    return [
+        "",
+        "Teacher (training time only; the device never runs it): "
+        + ("stage 1 " if stage1 is not None else "")
+        + "learnt from the "
+        + terms
+        + " of `kws teacher` (folder `"
+        + Path(train["teacher"]).name
+        + "`): Google's pretrained `speech_embedding` in openWakeWord's ONNX port (`melspectrogram.onnx`, "
+        "`embedding_model.onnx`, Apache-2.0) with a small head trained on the same splits; the training clips' "
+        "soft labels are out of fold (`--soft-label-folds`).",
+    ]
 
 
 def evaluation_lines(bench: BenchReport) -> list[str]:
@@ -79,6 +105,8 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
 
     payload = load_checkpoint(ckpt)
     config = run_config(payload)
+    start = Path(config.train.init_from) if config.train.init_from else None
+    stage1 = to_dict(run_config(load_checkpoint(start))) if start is not None and start.is_file() else None
     summary = payload["data_summary"]
     per_class = {k: v for k, v in summary["train"]["per_class"].items() if not k.startswith("_")}
     kw_min, kw_max = min(per_class.values()), max(per_class.values())
@@ -124,6 +152,7 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         "",
         f"Trained for {payload['epoch']} epochs ({payload['step']} steps); best validation accuracy "
         f"{pct(payload['best_accuracy'])}.",
+        *teacher_lines(stage1, to_dict(config)),
         "",
         "## Data (speaker-disjoint splits)",
         "",
@@ -152,6 +181,15 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         "",
         "Trained on Speech Commands (Pete Warden, 'Speech Commands: A Dataset for Limited-Vocabulary Speech "
         "Recognition', 2018), licensed CC BY 4.0, and on Picovoice wake-word-benchmark recordings (Apache-2.0).",
+        *(
+            [
+                "",
+                "Taught by Google's `speech_embedding` (Apache-2.0) as ported to ONNX by openWakeWord "
+                "(David Scripka, Apache-2.0; only its two feature models, none of its wake-word models).",
+            ]
+            if (stage1 or to_dict(config)).get("train", {}).get("teacher")
+            else []
+        ),
         "",
     ]
     out.write_text("\n".join(lines))
