@@ -14,6 +14,7 @@ from kws.config import TrainConfig
 from kws.data.splits import prepare
 from kws.errors import ConfigError
 from kws.train.objective import Objective, class_weights
+from support.interrupt import train_killed_after_first_epoch
 from support.tiny import tiny_run_config
 
 
@@ -146,7 +147,6 @@ def test_train_with_embedding_distillation_resumes_exactly(tmp_path: Path, full_
     """A student trains with the embedding term; the regressor is saved in the checkpoint (not in the model's
     weights) and an interrupted run resumes to the same weights."""
     from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint
-    from kws.train import run_folder
 
     config = tiny_run_config((str(full_dataset),), epochs=2)
     fc = config.features
@@ -158,17 +158,7 @@ def test_train_with_embedding_distillation_resumes_exactly(tmp_path: Path, full_
     assert straight[train_module.AUX_KEY]["weight"].shape == (8, config.model.hidden_size)
     assert not any("regressor" in key for key in straight[WEIGHTS_KEY])
 
-    real_save = run_folder.save_checkpoint
-
-    def save_then_die(path: Path, payload: dict) -> None:
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt  # killed right after epoch 1
-
-    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(config, tmp_path / "interrupted")
-    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    train_killed_after_first_epoch(config, tmp_path / "interrupted", monkeypatch)
     resumed = load_checkpoint(train_module.train(config, tmp_path / "interrupted", resume=True).parent / "last.pt")
     for key in straight[WEIGHTS_KEY]:
         torch.testing.assert_close(straight[WEIGHTS_KEY][key], resumed[WEIGHTS_KEY][key], rtol=0, atol=0)

@@ -15,7 +15,6 @@ import torch
 from test_train_reliability import _one_line_error
 
 import kws.train.loop as train_module
-import kws.train.run_folder as run_folder
 from kws.cli import main
 from kws.config import FeatureConfig, StreamTrainConfig
 from kws.data.audio import float_to_int16
@@ -25,6 +24,7 @@ from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkp
 from kws.runtime.engine import LogitPool
 from kws.train.objective import StreamObjective
 from kws.train.streams import IGNORE, KIND_KEYWORD, KIND_NEGATIVE, NEGATIVE, FrameGrid, StreamBuilder, step_rng
+from support.interrupt import train_killed_after_first_epoch
 from support.synthetic import SAMPLE_RATE, synth_word
 from support.tiny import TINY_LABELS, tiny_run_config
 
@@ -247,17 +247,7 @@ def test_init_from_and_resume_with_streams_are_exact(
     for key in ("frontend.mean", "frontend.std"):  # the input normalisation is the checkpoint's, not refitted
         torch.testing.assert_close(straight[WEIGHTS_KEY][key], start[key], rtol=0, atol=0)
 
-    real_save = run_folder.save_checkpoint
-
-    def save_then_die(path: Path, payload: dict) -> None:
-        real_save(path, payload)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt  # killed right after epoch 1
-
-    monkeypatch.setattr(run_folder, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_module.train(config, tmp_path / "interrupted")
-    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    train_killed_after_first_epoch(config, tmp_path / "interrupted", monkeypatch)
     argv = ["train", "--resume", "--out", str(tmp_path / "interrupted"), "--init-from", str(stream_run)]
     assert main(argv) == 0  # --init-from is saved in the run: repeating it is no conflict
     resumed = load_checkpoint(tmp_path / "interrupted" / "last.pt")
