@@ -65,6 +65,9 @@ def test_reverb_flag_and_bad_values() -> None:
     train_cli.add_arguments(parser)
     config = train_cli.config_from_args(parser.parse_args(["--data", "x", "--reverb-prob", "0.3"]))
     assert config.augment.reverb_prob == 0.3 and config.augment.speed_prob == AugmentConfig().speed_prob
+    with pytest.raises(ConfigError, match="--no-augment"):
+        train_cli.config_from_args(parser.parse_args(["--data", "x", "--no-augment", "--reverb-prob", "0.3"]))
+    assert train_cli.config_from_args(parser.parse_args(["--data", "x", "--no-augment"])).augment.reverb_prob == 0
     for kwargs in ({"reverb_prob": 1.5}, {"reverb_rt60_min": 0.9, "reverb_rt60_max": 0.5}, {"reverb_rooms": 0}):
         with pytest.raises(ConfigError):
             AugmentConfig(**kwargs)

@@ -428,6 +428,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     features = replace(d.features, **fields["features"])  # built in this order: the first invalid value is named
     model = replace(d.model, **fields["model"])
     data = replace(d.data, **fields["data"])
+    if args.no_augment and any(v != getattr(d.augment, k) for k, v in fields["augment"].items()):
+        raise ConfigError("--no-augment turns every augmentation off: drop it or --reverb-prob")
     augment = AugmentConfig.none() if args.no_augment else replace(d.augment, **fields["augment"])
     train, stream = replace(d.train, **fields["train"]), replace(d.stream, **fields["stream"])
     config = RunConfig(features=features, model=model, data=data, augment=augment, train=train, stream=stream)
