@@ -14,7 +14,7 @@ from kws.config import TrainConfig
 from kws.data.splits import prepare
 from kws.errors import ConfigError
 from kws.train.objective import Objective, class_weights
-from support.interrupt import train_killed_after_first_epoch
+from support.interrupt import train_killed_after_epoch_1
 from support.tiny import tiny_run_config
 
 
@@ -158,7 +158,7 @@ def test_train_with_embedding_distillation_resumes_exactly(tmp_path: Path, full_
     assert straight[train_module.AUX_KEY]["weight"].shape == (8, config.model.hidden_size)
     assert not any("regressor" in key for key in straight[WEIGHTS_KEY])
 
-    train_killed_after_first_epoch(config, tmp_path / "interrupted", monkeypatch)
+    train_killed_after_epoch_1(config, tmp_path / "interrupted", monkeypatch)
     resumed = load_checkpoint(train_module.train(config, tmp_path / "interrupted", resume=True).parent / "last.pt")
     for key in straight[WEIGHTS_KEY]:
         torch.testing.assert_close(straight[WEIGHTS_KEY][key], resumed[WEIGHTS_KEY][key], rtol=0, atol=0)

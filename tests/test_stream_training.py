@@ -24,7 +24,7 @@ from kws.model.checkpoint import WEIGHTS_KEY, load_checkpoint, model_from_checkp
 from kws.runtime.engine import LogitPool
 from kws.train.objective import StreamObjective
 from kws.train.streams import IGNORE, KIND_KEYWORD, KIND_NEGATIVE, NEGATIVE, FrameGrid, StreamBuilder, step_rng
-from support.interrupt import train_killed_after_first_epoch
+from support.interrupt import train_killed_after_epoch_1
 from support.synthetic import SAMPLE_RATE, synth_word
 from support.tiny import TINY_LABELS, tiny_run_config
 
@@ -247,7 +247,7 @@ def test_init_from_and_resume_with_streams_are_exact(
     for key in ("frontend.mean", "frontend.std"):  # the input normalisation is the checkpoint's, not refitted
         torch.testing.assert_close(straight[WEIGHTS_KEY][key], start[key], rtol=0, atol=0)
 
-    train_killed_after_first_epoch(config, tmp_path / "interrupted", monkeypatch)
+    train_killed_after_epoch_1(config, tmp_path / "interrupted", monkeypatch)
     argv = ["train", "--resume", "--out", str(tmp_path / "interrupted"), "--init-from", str(stream_run)]
     assert main(argv) == 0  # --init-from is saved in the run: repeating it is no conflict
     resumed = load_checkpoint(tmp_path / "interrupted" / "last.pt")
