@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from kws.config import AugmentConfig
+from kws.data.reverb import convolve, simulate_room
 
 EPS = 1e-8
 
@@ -56,9 +57,7 @@ def _fit_centered(audio: np.ndarray, length: int) -> np.ndarray:
 def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
     """``audio`` float32 ``[n]`` convolved with ``rir`` (FFT), cut to its first ``n`` samples (the tail that
     rings on past the clip is dropped, as a 1 s window of a stream would) and scaled back to its own RMS."""
-    n = len(audio)
-    size = 1 << (n + len(rir) - 2).bit_length()
-    wet = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(rir, size), size)[:n]
+    wet = convolve(audio, rir)[: len(audio)]
     scale = np.sqrt((np.mean(audio.astype(np.float64) ** 2) + EPS) / (np.mean(wet**2) + EPS))
     return (wet * scale).astype(np.float32)
 
@@ -68,8 +67,6 @@ def room_bank(config: AugmentConfig, sample_rate: int, seed: int) -> list[np.nda
     uniform in ``[reverb_rt60_min, reverb_rt60_max]``, seeded; empty when ``reverb_prob`` is 0."""
     if not config.reverb_prob:
         return []
-    from kws.data.reverb import simulate_room
-
     rng = np.random.default_rng([seed, 7919])
     rt60s = rng.uniform(config.reverb_rt60_min, config.reverb_rt60_max, config.reverb_rooms)
     return [simulate_room(float(rt60), sample_rate, rng).rir for rt60 in rt60s]

@@ -54,13 +54,17 @@ class Room:
     description: str
 
     def apply(self, audio: np.ndarray) -> np.ndarray:
-        """``audio`` float32 ``[n]`` -> reverberant float32 ``[n + len(rir) - 1]`` (FFT convolution)."""
-        if not len(audio):
-            return audio
-        n = len(audio) + len(self.rir) - 1
-        size = 1 << (n - 1).bit_length()
-        out = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(self.rir, size), size)[:n]
-        return out.astype(np.float32)
+        """``audio`` float32 ``[n]`` -> reverberant float32 ``[n + len(rir) - 1]`` (:func:`convolve`)."""
+        return convolve(audio, self.rir).astype(np.float32)
+
+
+def convolve(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """``audio`` ``[n]`` convolved with ``rir`` by FFT: float64 ``[n + len(rir) - 1]`` (``audio`` itself if empty)."""
+    if not len(audio):
+        return audio
+    n = len(audio) + len(rir) - 1
+    size = 1 << (n - 1).bit_length()
+    return np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(rir, size), size)[:n]
 
 
 def room_simulator_available() -> bool:
