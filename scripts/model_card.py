@@ -50,10 +50,9 @@ def portable_config(config: dict) -> dict:
     return {**config, "data": data, "train": train}
 
 
-def teacher_lines(stage1: dict | None, config: dict) -> list[str]:
-    """How the teacher took part (from the stage-1 checkpoint's train config, else the shipped one's), or
-    nothing without a teacher."""
-    train = (stage1 or config).get("train", {})
+def teacher_lines(train: dict, stage1: bool) -> list[str]:
+    """How the teacher took part, from the ``train`` config of the run that learnt from it (stage 1's when
+    ``stage1``, else the shipped run's); nothing without a teacher."""
     if not train.get("teacher"):
         return []
     terms = f"soft labels (`--distill-weight {train['distill_weight']:g}`, `--distill-temperature "
@@ -63,14 +62,13 @@ def teacher_lines(stage1: dict | None, config: dict) -> list[str]:
     return [
         "",
         "Teacher (training time only; the device never runs it): "
-        + ("stage 1 " if stage1 is not None else "")
+        + ("stage 1 " if stage1 else "")
         + "learnt from the "
         + terms
         + " of `kws teacher` (folder `"
         + Path(train["teacher"]).name
         + "`): Google's pretrained `speech_embedding` in openWakeWord's ONNX port (`melspectrogram.onnx`, "
-        "`embedding_model.onnx`, Apache-2.0) with a small head trained on the same splits; the training clips' "
-        "soft labels are out of fold (`--soft-label-folds`).",
+        "`embedding_model.onnx`, Apache-2.0) with a small head trained on the same splits.",
     ]
 
 
@@ -107,6 +105,7 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
     config = run_config(payload)
     start = Path(config.train.init_from) if config.train.init_from else None
     stage1 = to_dict(run_config(load_checkpoint(start))) if start is not None and start.is_file() else None
+    taught = (stage1 or to_dict(config))["train"]  # the run that learnt from a teacher, if any
     summary = payload["data_summary"]
     per_class = {k: v for k, v in summary["train"]["per_class"].items() if not k.startswith("_")}
     kw_min, kw_max = min(per_class.values()), max(per_class.values())
@@ -152,7 +151,7 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
         "",
         f"Trained for {payload['epoch']} epochs ({payload['step']} steps); best validation accuracy "
         f"{pct(payload['best_accuracy'])}.",
-        *teacher_lines(stage1, to_dict(config)),
+        *teacher_lines(taught, stage1 is not None),
         "",
         "## Data (speaker-disjoint splits)",
         "",
@@ -187,7 +186,7 @@ def main(ckpt: Path, export_json: Path, bench_json: Path, out: Path) -> None:
                 "Taught by Google's `speech_embedding` (Apache-2.0) as ported to ONNX by openWakeWord "
                 "(David Scripka, Apache-2.0; only its two feature models, none of its wake-word models).",
             ]
-            if (stage1 or to_dict(config)).get("train", {}).get("teacher")
+            if taught.get("teacher")
             else []
         ),
         "",
